@@ -1,0 +1,117 @@
+// Demo SPA logic shared by app A and app B. The page defines window.DEMO_APP
+// ({ id, name }); /config.js (served by the hub's demo server) defines
+// window.SLO_DEMO ({ hub, wsUrl }). Tokens come from the hub's dev issuer.
+(function () {
+  "use strict";
+  var app = window.DEMO_APP;
+  var cfg = window.SLO_DEMO;
+  var KEY = "slo-demo-token";
+  var client = null;
+  var $ = function (id) { return document.getElementById(id); };
+
+  function log(line) {
+    var el = $("log");
+    el.textContent = new Date().toISOString().slice(11, 23) + "  " + line + "\n" + el.textContent;
+  }
+
+  function claims(token) {
+    try {
+      var b64 = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(b64));
+    } catch (e) {
+      return {};
+    }
+  }
+
+  function render(loggedInAs, note) {
+    var status = $("status");
+    if (loggedInAs) {
+      status.textContent = "Logged in as " + loggedInAs;
+      status.dataset.state = "in";
+    } else {
+      status.textContent = "Logged out";
+      status.dataset.state = "out";
+      // When this page learned of the logout (the browser test compares it
+      // with the click time in the other app).
+      status.dataset.at = String(Date.now());
+      $("conn").textContent = "not connected";
+    }
+    $("note").textContent = note || "";
+    $("logout").disabled = !loggedInAs;
+    document.querySelectorAll("[data-login]").forEach(function (b) { b.disabled = !!loggedInAs; });
+  }
+
+  function start() {
+    var token = localStorage.getItem(KEY);
+    if (!token) {
+      render(null, "Log in as a demo user. Log in to the other app as the same user, then log out here or there.");
+      return;
+    }
+    var c = claims(token);
+    render(c.sub, "session " + (c.sid || "?"));
+    client = SloHub.connect({
+      url: cfg.wsUrl,
+      getToken: function () { return localStorage.getItem(KEY); },
+      onState: function (state, detail) {
+        $("conn").textContent = state;
+        if (state === "connected") log("connected as " + detail.sub + " (connection " + detail.connection_id + ")");
+      },
+      onLogout: function (event) {
+        localStorage.removeItem(KEY);
+        client = null;
+        log("logout pushed: " + (event.reason || "") + (event.id ? " (event " + event.id.slice(0, 8) + ")" : ""));
+        render(null, "Logged out by the hub: " + (event.reason || "logout"));
+      },
+    });
+  }
+
+  function login(sub) {
+    fetch(cfg.hub + "/dev/token", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ sub: sub, client_id: app.id }),
+    })
+      .then(function (r) {
+        if (!r.ok) throw new Error("dev token: HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (j) {
+        localStorage.setItem(KEY, j.access_token);
+        log("logged in as " + sub);
+        start();
+      })
+      .catch(function (e) { log(String(e)); });
+  }
+
+  function logout() {
+    var token = localStorage.getItem(KEY);
+    if (!token) return;
+    document.body.dataset.logoutClickedAt = String(Date.now());
+    if (client) client.close();
+    client = null;
+    localStorage.removeItem(KEY);
+    render(null, "You logged out here; the other apps are being told.");
+    fetch(cfg.hub + "/v1/logout", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: "Bearer " + token },
+      body: JSON.stringify({ scope: "user", reason: "logged out in " + app.name }),
+    })
+      .then(function (r) { return r.json(); })
+      .then(function (j) { log("logout sent: " + j.delivered + " socket(s) told"); })
+      .catch(function (e) { log("logout failed: " + e); });
+  }
+
+  document.title = app.name + " — slo-hub demo";
+  $("app-name").textContent = app.name;
+  $("origin").textContent = location.origin;
+  document.querySelectorAll("[data-login]").forEach(function (b) {
+    b.addEventListener("click", function () { login(b.dataset.login); });
+  });
+  $("logout").addEventListener("click", logout);
+
+  var script = document.createElement("script");
+  script.src = cfg.hub + "/static/slo-client.js";
+  script.onload = start;
+  script.onerror = function () { log("could not load " + script.src); };
+  document.head.appendChild(script);
+})();

@@ -1,0 +1,382 @@
+//! Access-token verification for one configured issuer.
+//!
+//! Order of checks, cheapest and most hostile-input-proof first: size, shape,
+//! header (algorithm allow-list, no `crit`, `kid` charset), token kind (a
+//! logout or security-event token is never an access token, RFC 8725 §3.12),
+//! key lookup by (issuer, kid), signature, then claims (`iss`, `aud`, `exp`,
+//! `nbf`, `iat`, lifetime) through jsonwebtoken's `Validation`.
+//!
+//! Must not: fetch anything a token names (`jku`, `x5u` are ignored; only the
+//! configured JWKS URL is ever fetched), or trust a claim before the signature
+//! has been checked. The only pre-signature use of the payload is picking which
+//! configured issuer's keys to try.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::IssuerSettings;
+use crate::error::AuthError;
+
+/// Tokens larger than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Index of a configured issuer; registry keys use it instead of the `iss` string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IssuerId(pub u16);
+
+/// A verified access token, reduced to what the hub uses.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub issuer: IssuerId,
+    pub sub: String,
+    pub sid: Option<String>,
+    /// Issued-at, seconds since the epoch. Compared with logout watermarks.
+    pub iat: i64,
+    pub exp: i64,
+    pub client_id: Option<String>,
+}
+
+/// A key ready for verification, with its validation rules precomputed once
+/// (the allowed algorithms are the issuer's allow-list within the key's family).
+pub struct VerifyKey {
+    pub key: DecodingKey,
+    pub validation: Validation,
+}
+
+/// What the hub reads from an access token's payload.
+#[derive(Deserialize)]
+struct AccessClaims {
+    sub: Option<String>,
+    sid: Option<String>,
+    iat: Option<u64>,
+    exp: u64,
+    client_id: Option<String>,
+    azp: Option<String>,
+    events: Option<serde_json::Value>,
+}
+
+/// Header fields the hub looks at, parsed by us so that an unknown `alg`
+/// (`none`, `None`, `HS1`) gets a precise answer instead of a JSON error.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawHeader {
+    pub alg: String,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
+    pub crit: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct PeekIss {
+    iss: Option<String>,
+}
+
+/// One configured issuer: its identity, rules and keys.
+pub struct Issuer {
+    pub id: IssuerId,
+    pub iss: String,
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    leeway: u64,
+    /// Keys by `kid` (None for a key configured without one). Replaced as a
+    /// whole on JWKS refresh; readers clone the Arc and drop the lock at once.
+    keys: RwLock<Arc<HashMap<Option<String>, Arc<VerifyKey>>>>,
+    /// The HS256 secret, if configured: tried for HMAC tokens whatever their kid.
+    hmac: Option<Arc<VerifyKey>>,
+    pub jwks_url: Option<String>,
+    pub jwks_min_refetch_secs: u64,
+}
+
+impl Issuer {
+    pub fn new(id: IssuerId, s: &IssuerSettings) -> Result<Issuer, String> {
+        let mut algorithms = s.algorithms.clone();
+        if algorithms.is_empty() {
+            algorithms = vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+            if s.hs256_secret.is_some() {
+                algorithms.push(Algorithm::HS256);
+            }
+        }
+        let mut issuer = Issuer {
+            id,
+            iss: s.issuer.clone(),
+            audiences: s.audiences.clone(),
+            algorithms,
+            leeway: s.leeway_secs,
+            keys: RwLock::new(Arc::new(HashMap::new())),
+            hmac: None,
+            jwks_url: s.jwks_url.clone(),
+            jwks_min_refetch_secs: s.jwks_min_refetch_secs,
+        };
+        if let Some(secret) = &s.hs256_secret {
+            issuer.hmac = issuer.verify_key(DecodingKey::from_secret(secret.as_bytes()));
+        }
+        let mut map = HashMap::new();
+        for (i, k) in s.keys.iter().enumerate() {
+            let (kid, key) = if let Some(pem) = &k.pem {
+                (k.kid.clone(), decoding_key_from_pem(pem.as_bytes())?)
+            } else {
+                let text = k.jwk.as_deref().unwrap_or_default();
+                let jwk: Jwk = serde_json::from_str(text)
+                    .map_err(|e| format!("issuers.keys[{i}].jwk: {e}"))?;
+                let key = DecodingKey::from_jwk(&jwk)
+                    .map_err(|e| format!("issuers.keys[{i}].jwk: {e}"))?;
+                (k.kid.clone().or(jwk.common.key_id.clone()), key)
+            };
+            let vk = issuer.verify_key(key).ok_or_else(|| {
+                format!(
+                    "issuers.keys[{i}]: the key's type matches none of the allowed algorithms {:?}",
+                    issuer.algorithms
+                )
+            })?;
+            map.insert(kid, vk);
+        }
+        issuer.keys = RwLock::new(Arc::new(map));
+        Ok(issuer)
+    }
+
+    /// Wraps a key with its precomputed validation, or None if no allowed
+    /// algorithm fits the key's family.
+    pub fn verify_key(&self, key: DecodingKey) -> Option<Arc<VerifyKey>> {
+        let family = key.family();
+        let algs: Vec<Algorithm> = self
+            .algorithms
+            .iter()
+            .copied()
+            .filter(|a| a.family() == family)
+            .collect();
+        if algs.is_empty() {
+            return None;
+        }
+        let mut v = Validation::new(algs[0]);
+        v.algorithms = algs;
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.iss]);
+        v.set_audience(&self.audiences);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Some(Arc::new(VerifyKey { key, validation: v }))
+    }
+
+    /// Replaces the key map as a whole (the JWKS refresher decides which
+    /// recently retired keys stay in it).
+    pub fn replace_keys(&self, keys: HashMap<Option<String>, Arc<VerifyKey>>) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    pub fn keys_snapshot(&self) -> Arc<HashMap<Option<String>, Arc<VerifyKey>>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.algorithms.contains(&alg)
+    }
+
+    /// Finds the key for a token. `Err(UnknownKey)` means a JWKS refetch may help.
+    pub fn find_key(&self, alg: Algorithm, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
+        if alg.family() == AlgorithmFamily::Hmac {
+            return self.hmac.clone().ok_or(AuthError::AlgorithmNotAllowed);
+        }
+        let keys = self.keys_snapshot();
+        let found = match kid {
+            Some(kid) => keys.get(&Some(kid.to_string())),
+            // No kid: acceptable only when there is exactly one candidate.
+            None if keys.len() == 1 => keys.values().next(),
+            None => None,
+        };
+        found.cloned().ok_or(AuthError::UnknownKey)
+    }
+
+    /// Signature and claims. `now` is seconds since the epoch.
+    pub fn verify_with(
+        &self,
+        token: &str,
+        key: &VerifyKey,
+        max_lifetime: u64,
+        now: u64,
+    ) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &key.validation)
+            .map_err(map_jwt_error)?;
+        let c = data.claims;
+        if c.events.is_some() {
+            // A logout token / SET carries `events`; it must never act as an access token.
+            return Err(AuthError::WrongTokenKind);
+        }
+        let sub = c
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::MissingClaim("sub"))?;
+        // The logout watermark compares against iat, so it is required here.
+        let iat = c.iat.ok_or(AuthError::MissingClaim("iat"))?;
+        if iat > now + self.leeway {
+            return Err(AuthError::NotYetValid);
+        }
+        if c.exp.saturating_sub(iat) > max_lifetime {
+            return Err(AuthError::LifetimeTooLong);
+        }
+        if sub.len() > 255 || c.sid.as_ref().is_some_and(|s| s.len() > 255) {
+            return Err(AuthError::BadClaims);
+        }
+        Ok(Principal {
+            issuer: self.id,
+            sub,
+            sid: c.sid.filter(|s| !s.is_empty()),
+            iat: iat as i64,
+            exp: c.exp as i64,
+            client_id: c.client_id.or(c.azp),
+        })
+    }
+}
+
+/// Parses a PEM public key of any supported family.
+pub fn decoding_key_from_pem(pem: &[u8]) -> Result<DecodingKey, String> {
+    DecodingKey::from_rsa_pem(pem)
+        .or_else(|_| DecodingKey::from_ec_pem(pem))
+        .or_else(|_| DecodingKey::from_ed_pem(pem))
+        .map_err(|e| format!("not a supported PEM public key: {e}"))
+}
+
+/// Splits a compact JWS and checks everything that needs no key.
+/// Returns the header, the algorithm and the unverified `iss` (for issuer selection only).
+pub(crate) fn inspect(token: &str) -> Result<(RawHeader, Algorithm, Option<String>), AuthError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| AuthError::Malformed)?;
+    let header: RawHeader =
+        serde_json::from_slice(&header_bytes).map_err(|_| AuthError::Malformed)?;
+    if header.crit.is_some() {
+        // RFC 7515 §4.1.11: we understand no extensions, so any `crit` is fatal.
+        return Err(AuthError::UnsupportedCritical);
+    }
+    let alg = parse_alg(&header.alg).ok_or(AuthError::AlgorithmNotAllowed)?;
+    if let Some(kid) = &header.kid {
+        let ok = !kid.is_empty()
+            && kid.len() <= 256
+            && kid
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\');
+        if !ok {
+            return Err(AuthError::UnknownKey);
+        }
+    }
+    let payload = URL_SAFE_NO_PAD
+        .decode(p)
+        .map_err(|_| AuthError::Malformed)?;
+    let peek: PeekIss = serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
+    Ok((header, alg, peek.iss))
+}
+
+/// Exact, case-sensitive algorithm names (RFC 7518); `none` in any case is not one.
+pub fn parse_alg(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+pub(crate) fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    match e.kind() {
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm => AuthError::AlgorithmNotAllowed,
+        ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(match c.as_str() {
+            "exp" => "exp",
+            "iss" => "iss",
+            "aud" => "aud",
+            "sub" => "sub",
+            _ => "unknown",
+        }),
+        ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) => AuthError::BadClaims,
+        ErrorKind::InvalidKeyFormat
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey => AuthError::BadSignature,
+        _ => AuthError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(v: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    #[test]
+    fn alg_none_in_any_case_is_refused() {
+        for alg in ["none", "None", "NONE", "nOnE", "", "HS1"] {
+            let t = format!(
+                "{}.{}.sig",
+                b64(&serde_json::json!({"alg": alg})),
+                b64(&serde_json::json!({"iss": "x"}))
+            );
+            assert_eq!(
+                inspect(&t).unwrap_err(),
+                AuthError::AlgorithmNotAllowed,
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn crit_and_bad_kids_are_refused() {
+        let t = format!(
+            "{}.{}.sig",
+            b64(&serde_json::json!({"alg": "RS256", "crit": ["exp"]})),
+            b64(&serde_json::json!({}))
+        );
+        assert_eq!(inspect(&t).unwrap_err(), AuthError::UnsupportedCritical);
+        for kid in ["../../etc/passwd", "a b", "", "k\\1"] {
+            let t = format!(
+                "{}.{}.sig",
+                b64(&serde_json::json!({"alg": "RS256", "kid": kid})),
+                b64(&serde_json::json!({}))
+            );
+            assert_eq!(inspect(&t).unwrap_err(), AuthError::UnknownKey, "{kid}");
+        }
+    }
+
+    #[test]
+    fn shape_and_size() {
+        assert_eq!(inspect("a.b").unwrap_err(), AuthError::Malformed);
+        assert_eq!(inspect("a.b.c.d").unwrap_err(), AuthError::Malformed);
+        assert_eq!(inspect("!!.b.c").unwrap_err(), AuthError::Malformed);
+        let big = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(inspect(&big).unwrap_err(), AuthError::TooLarge);
+    }
+}

@@ -1,0 +1,189 @@
+//! Authentication: who is calling, proven by a JWT or an API key.
+//!
+//! * [`Authenticator::verify_token`] — access tokens of configured issuers
+//!   (static keys, an HS256 secret, or a JWKS URL kept fresh by `jwks`).
+//! * [`Authenticator::authenticate_bearer`] — an `Authorization: Bearer` value,
+//!   which is either a user's JWT or a backend API key (`api_keys`).
+//! * `dev_issuer` — the dev-mode token minter; to this module it is one more
+//!   issuer with a static key.
+//! * `crypto` — the ring provider jsonwebtoken signs and verifies with.
+//!
+//! Must not: decide what a principal may do beyond scopes (that is the
+//! endpoint's job), or know about sockets, sessions or watermarks. A token that
+//! verifies here may still be revoked; `revocation` decides that.
+
+pub mod api_keys;
+pub mod crypto;
+pub mod dev_issuer;
+mod jwks;
+pub mod jwt;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::IssuerSettings;
+use crate::error::AuthError;
+use crate::util;
+pub use api_keys::{ApiKey, ApiKeys};
+pub use jwt::{IssuerId, Principal};
+
+/// A verified caller of the HTTP API.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A user's own access token.
+    User(Principal),
+    /// A backend API key.
+    Backend(Arc<ApiKey>),
+}
+
+pub struct Authenticator {
+    issuers: Vec<Arc<jwt::Issuer>>,
+    by_iss: HashMap<String, IssuerId>,
+    /// JWKS source of each issuer that has a `jwks_url` (same index as `issuers`).
+    jwks: Vec<Option<Arc<jwks::JwksSource>>>,
+    api_keys: ApiKeys,
+    max_lifetime: u64,
+    http: reqwest::Client,
+}
+
+impl Authenticator {
+    pub fn new(
+        issuers: &[IssuerSettings],
+        api_keys: ApiKeys,
+        max_lifetime: u64,
+        http: reqwest::Client,
+    ) -> Result<Authenticator, String> {
+        crypto::install();
+        if issuers.len() > u16::MAX as usize {
+            return Err("too many issuers".into());
+        }
+        let mut list = Vec::new();
+        let mut by_iss = HashMap::new();
+        let mut sources = Vec::new();
+        for (i, s) in issuers.iter().enumerate() {
+            let id = IssuerId(i as u16);
+            let issuer =
+                Arc::new(jwt::Issuer::new(id, s).map_err(|e| format!("issuers[{i}]: {e}"))?);
+            sources.push(
+                s.jwks_url
+                    .as_ref()
+                    .map(|url| Arc::new(jwks::JwksSource::new(issuer.clone(), url.clone()))),
+            );
+            by_iss.insert(s.issuer.clone(), id);
+            list.push(issuer);
+        }
+        Ok(Authenticator {
+            issuers: list,
+            by_iss,
+            jwks: sources,
+            api_keys,
+            max_lifetime,
+            http,
+        })
+    }
+
+    /// First JWKS fetch of every issuer. Failures are logged, not fatal: the
+    /// issuer's tokens answer 503 / close 1013 until a later fetch succeeds.
+    pub async fn load_keys(&self) {
+        for src in self.jwks.iter().flatten() {
+            let _ = src.refresh(&self.http).await;
+        }
+    }
+
+    /// Refreshes every JWKS periodically until `cancel`.
+    pub fn spawn_refresh(&self, tracker: &TaskTracker, cancel: CancellationToken) {
+        for src in self.jwks.iter().flatten() {
+            let src = src.clone();
+            let http = self.http.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(jwks::PERIODIC_REFRESH) => {
+                            let _ = src.refresh(&http).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// True when every JWKS-backed issuer has keys.
+    pub async fn keys_ready(&self) -> bool {
+        for src in self.jwks.iter().flatten() {
+            if !src.has_keys().await {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn issuer_id(&self, iss: &str) -> Option<IssuerId> {
+        self.by_iss.get(iss).copied()
+    }
+
+    pub fn issuer_name(&self, id: IssuerId) -> &str {
+        &self.issuers[id.0 as usize].iss
+    }
+
+    /// The issuer when exactly one is configured (lets backends omit `iss`).
+    pub fn single_issuer(&self) -> Option<IssuerId> {
+        (self.issuers.len() == 1).then_some(IssuerId(0))
+    }
+
+    /// Verifies an access token completely (signature and claims). Revocation
+    /// is not checked here.
+    pub async fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        let (header, alg, iss) = jwt::inspect(token)?;
+        let iss = iss.ok_or(AuthError::MissingClaim("iss"))?;
+        let id = self.issuer_id(&iss).ok_or(AuthError::UnknownIssuer)?;
+        let issuer = &self.issuers[id.0 as usize];
+        if !issuer.allows(alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        if let Some(typ) = &header.typ {
+            let typ = typ.to_ascii_lowercase();
+            if typ.contains("logout+jwt") || typ.contains("secevent+jwt") {
+                return Err(AuthError::WrongTokenKind);
+            }
+        }
+        let kid = header.kid.as_deref();
+        let key = match issuer.find_key(alg, kid) {
+            Ok(k) => k,
+            Err(AuthError::UnknownKey) => {
+                let Some(src) = &self.jwks[id.0 as usize] else {
+                    return Err(AuthError::UnknownKey);
+                };
+                let fetched = src.refetch_if_allowed(&self.http).await;
+                if !fetched && !src.has_keys().await {
+                    return Err(AuthError::KeysUnavailable);
+                }
+                issuer.find_key(alg, kid)?
+            }
+            Err(e) => return Err(e),
+        };
+        issuer.verify_with(token, &key, self.max_lifetime, util::now_secs())
+    }
+
+    /// Verifies the value of an `Authorization` header.
+    pub async fn authenticate_bearer(&self, header: Option<&str>) -> Result<Credential, AuthError> {
+        let value = header.ok_or(AuthError::Missing)?;
+        let (scheme, cred) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Malformed);
+        }
+        let cred = cred.trim();
+        if cred.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if cred.bytes().filter(|&b| b == b'.').count() == 2 {
+            self.verify_token(cred).await.map(Credential::User)
+        } else {
+            self.api_keys.verify(cred).map(Credential::Backend)
+        }
+    }
+}

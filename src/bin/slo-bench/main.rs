@@ -1,0 +1,444 @@
+//! slo-bench: puts slo-hub beside peer servers in one run and reports medians.
+//!
+//! Each server runs pinned to one core (`--server-cpu`, default 0); run this
+//! load generator pinned to another (`bench/run.sh` does both). For every
+//! server and repetition a fresh process is started, then:
+//!
+//! 1. **connect**: users × tabs sockets, at most `--concurrency` connecting at
+//!    once → sockets/s; **idle memory**: RSS growth / sockets after 1 s.
+//! 2. **latency**: `--latency-triggers` users, one trigger at a time →
+//!    trigger request written → last tab's frame read, p50/p99.
+//! 3. **saturated**: the remaining users, `--concurrency` triggers in flight →
+//!    triggers/s and p99.
+//! 4. **broadcast**: users × tabs sockets of one user, one trigger → server
+//!    CPU per delivered message.
+//! 5. slo-hub only, **authenticated triggers**: users' own HS256 and RS256
+//!    tokens (no sockets) → triggers/s.
+//!
+//! Results: `bench/results/<date>.json` and `.md` (with slo-hub / best peer
+//! ratios) and `.svg`.
+
+mod http;
+mod proto;
+mod report;
+mod servers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use proto::{Board, Kind, TriggerCred};
+use servers::{Env, Server};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+#[derive(Parser, Clone)]
+#[command(name = "slo-bench")]
+struct Opts {
+    /// Servers to run, comma-separated: slo-hub, uws, ws, socketio, soketi.
+    #[arg(long, default_value = "slo-hub,uws,ws,socketio,soketi")]
+    servers: String,
+    /// Repetitions per server (each on a fresh process); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    #[arg(long, default_value_t = 5000)]
+    users: usize,
+    #[arg(long, default_value_t = 3)]
+    tabs: usize,
+    /// Users triggered one at a time in the latency phase.
+    #[arg(long, default_value_t = 1000)]
+    latency_triggers: usize,
+    /// Connects and triggers in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Triggers per authenticated-trigger phase (slo-hub only).
+    #[arg(long, default_value_t = 8000)]
+    auth_triggers: usize,
+    /// CPU list the servers are pinned to.
+    #[arg(long, default_value = "0")]
+    server_cpu: String,
+    /// The slo-hub binary (build it with --release first).
+    #[arg(long, default_value = "target/release/slo-hub")]
+    hub_bin: PathBuf,
+    /// Where results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Extra TOML appended to slo-hub's generated config (e.g. a store setting).
+    #[arg(long, default_value = "")]
+    hub_extra: String,
+    /// A label for this run's slo-hub variant in the report.
+    #[arg(long, default_value = "")]
+    hub_label: String,
+    /// First port to use.
+    #[arg(long, default_value_t = 9100)]
+    port: u16,
+}
+
+/// Figures of one repetition.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Rep {
+    pub kib_per_socket: f64,
+    pub connects_per_s: f64,
+    pub lat_p50_us: f64,
+    pub lat_p99_us: f64,
+    pub sat_triggers_per_s: f64,
+    pub sat_p99_ms: f64,
+    pub bcast_cpu_us_per_delivery: f64,
+    pub bcast_ms: f64,
+    pub hs256_triggers_per_s: Option<f64>,
+    pub rs256_triggers_per_s: Option<f64>,
+    /// Expected arrivals that never came (should be 0).
+    pub missed: u64,
+    /// Sockets that failed to connect (should be 0).
+    pub connect_failures: u64,
+}
+
+fn main() {
+    let opts = Opts::parse();
+    slo_hub::auth::crypto::install();
+    let kinds: Vec<Kind> = opts
+        .servers
+        .split(',')
+        .map(|s| Kind::parse(s.trim()).unwrap_or_else(|| panic!("unknown server {s:?}")))
+        .collect();
+    let repo = servers::repo_root();
+    let work = std::env::temp_dir().join(format!("slo-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let env = Env {
+        hub_bin: repo.join(&opts.hub_bin),
+        repo: repo.clone(),
+        work: work.clone(),
+        cpu: opts.server_cpu.clone(),
+        hub_extra: opts.hub_extra.replace("\\n", "\n"),
+    };
+    if kinds.contains(&Kind::SloHub) {
+        assert!(
+            env.hub_bin.is_file(),
+            "{} is missing: run `cargo build --release` first",
+            env.hub_bin.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tokens = kinds
+        .contains(&Kind::SloHub)
+        .then(|| AuthTokens::generate(&repo, opts.auth_triggers));
+    let mut results = Vec::new();
+    let mut port = opts.port;
+    for kind in kinds {
+        let mut reps = Vec::new();
+        for rep in 0..opts.reps {
+            port += 1;
+            eprintln!("== {} rep {} (port {port})", kind.label(), rep + 1);
+            let server = Server::start(kind, port, &env).expect("server starts");
+            let r = rt.block_on(run_rep(kind, &server, &opts, rep, tokens.as_ref()));
+            eprintln!("   {r:?}");
+            server.stop();
+            reps.push(r);
+        }
+        let label = if kind == Kind::SloHub && !opts.hub_label.is_empty() {
+            format!("slo-hub ({})", opts.hub_label)
+        } else {
+            kind.label().to_string()
+        };
+        results.push(report::ServerResult::new(kind.name(), &label, reps));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let paths = report::write(
+        &opts.out,
+        &results,
+        &std::env::args().collect::<Vec<_>>().join(" "),
+    )
+    .expect("writing results");
+    for p in paths {
+        println!("wrote {}", p.display());
+    }
+}
+
+/// Tokens of users who log themselves out (slo-hub's authenticated-trigger phases).
+struct AuthTokens {
+    hs256: Vec<String>,
+    rs256: Vec<String>,
+}
+
+impl AuthTokens {
+    fn generate(repo: &std::path::Path, n: usize) -> AuthTokens {
+        let now = slo_hub::util::now_secs();
+        let sign = |alg: Algorithm, key: &EncodingKey, iss: &str, prefix: &str| -> Vec<String> {
+            let mut header = Header::new(alg);
+            if alg == Algorithm::RS256 {
+                header.kid = Some("bench".into());
+            }
+            (0..n)
+                .map(|i| {
+                    let claims = serde_json::json!({
+                        "iss": iss, "aud": servers::AUD, "sub": format!("{prefix}-{i}"),
+                        "iat": now, "exp": now + 3 * 3600, "sid": format!("{prefix}-s{i}"),
+                    });
+                    jsonwebtoken::encode(&header, &claims, key).unwrap()
+                })
+                .collect()
+        };
+        eprintln!("signing {n} HS256 and {n} RS256 tokens…");
+        let hs = EncodingKey::from_secret(servers::HS256_SECRET.as_bytes());
+        let pem = std::fs::read(repo.join("bench/keys/rs256-private.pem")).unwrap();
+        let rs = EncodingKey::from_rsa_pem(&pem).unwrap();
+        AuthTokens {
+            hs256: sign(Algorithm::HS256, &hs, servers::HS256_ISS, "hs"),
+            rs256: sign(Algorithm::RS256, &rs, servers::RS256_ISS, "rs"),
+        }
+    }
+}
+
+async fn run_rep(
+    kind: Kind,
+    server: &Server,
+    opts: &Opts,
+    rep: usize,
+    tokens: Option<&AuthTokens>,
+) -> Rep {
+    let addr = server.addr;
+    let mut r = Rep::default();
+    let users: Vec<String> = (0..opts.users).map(|i| format!("r{rep}u{i}")).collect();
+    let cred = TriggerCred {
+        api_key: servers::BENCH_API_KEY.into(),
+        iss: format!("http://{addr}/dev"),
+    };
+    let user_tokens = if kind == Kind::SloHub {
+        dev_tokens(addr, &users).await
+    } else {
+        vec![String::new(); users.len()]
+    };
+
+    eprintln!("   connect {} users x {} tabs", users.len(), opts.tabs);
+    // 1. Connect, then idle memory.
+    let board = Board::new(users.len(), true);
+    let rss0 = server.rss_kib();
+    let started = Instant::now();
+    let slots: Vec<(usize, &str, &str)> = (0..users.len())
+        .flat_map(|u| (0..opts.tabs).map(move |_| u))
+        .map(|u| (u, users[u].as_str(), user_tokens[u].as_str()))
+        .collect();
+    let (readers, failures) = connect_all(kind, addr, &board, &slots, opts.concurrency).await;
+    let n_sockets = readers.len();
+    r.connect_failures = failures;
+    r.connects_per_s = n_sockets as f64 / started.elapsed().as_secs_f64();
+    // Let the allocator and (for node) the GC settle before reading RSS.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss1 = server.rss_kib();
+    r.kib_per_socket = rss1.saturating_sub(rss0) as f64 / n_sockets.max(1) as f64;
+
+    eprintln!("   latency");
+    // 2. One trigger at a time.
+    let tabs = opts.tabs as u32;
+    let lat_users = opts.latency_triggers.min(users.len());
+    let mut http = http::HttpConn::new(addr);
+    let mut lat = Vec::with_capacity(lat_users);
+    for (u, user) in users.iter().enumerate().take(lat_users) {
+        let req = kind.trigger(user, &cred);
+        let t0 = board.now_ns();
+        let (status, _) = http.request(&req).await.expect("trigger");
+        assert!(status < 300, "trigger answered {status}");
+        if await_arrivals(&board, u, tabs, Duration::from_secs(5)).await {
+            lat.push((board.slot(u).last_ns.load(Ordering::Acquire) - t0) as f64 / 1000.0);
+        } else {
+            r.missed += 1;
+        }
+    }
+    r.lat_p50_us = percentile(&mut lat, 0.50);
+    r.lat_p99_us = percentile(&mut lat, 0.99);
+
+    eprintln!("   saturated");
+    // 3. Saturated: the remaining users, `concurrency` in flight.
+    let next = Arc::new(AtomicUsize::new(lat_users));
+    let users = Arc::new(users);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..opts.concurrency {
+        let (board, next, users, cred) = (board.clone(), next.clone(), users.clone(), cred.clone());
+        workers.push(tokio::spawn(async move {
+            let mut http = http::HttpConn::new(addr);
+            let mut lat = Vec::new();
+            let mut missed = 0;
+            loop {
+                let u = next.fetch_add(1, Ordering::Relaxed);
+                if u >= users.len() {
+                    return (lat, missed);
+                }
+                let req = kind.trigger(&users[u], &cred);
+                let t0 = board.now_ns();
+                let (status, _) = http.request(&req).await.expect("trigger");
+                assert!(status < 300, "trigger answered {status}");
+                if await_arrivals(&board, u, tabs, Duration::from_secs(5)).await {
+                    lat.push((board.slot(u).last_ns.load(Ordering::Acquire) - t0) as f64 / 1000.0);
+                } else {
+                    missed += 1;
+                }
+            }
+        }));
+    }
+    let mut sat = Vec::new();
+    for w in workers {
+        let (l, m) = w.await.unwrap();
+        sat.extend(l);
+        r.missed += m;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    r.sat_triggers_per_s = (users.len() - lat_users) as f64 / elapsed;
+    r.sat_p99_ms = percentile(&mut sat, 0.99) / 1000.0;
+    for h in readers {
+        h.abort();
+    }
+
+    eprintln!("   broadcast");
+    // 4. Broadcast: every socket belongs to one user.
+    let bcast_user = format!("r{rep}-everyone");
+    let bcast_token = if kind == Kind::SloHub {
+        dev_tokens(addr, std::slice::from_ref(&bcast_user))
+            .await
+            .remove(0)
+    } else {
+        String::new()
+    };
+    let board = Board::new(1, false);
+    let slots: Vec<(usize, &str, &str)> = (0..n_sockets)
+        .map(|_| (0, bcast_user.as_str(), bcast_token.as_str()))
+        .collect();
+    let (readers, failures) = connect_all(kind, addr, &board, &slots, opts.concurrency).await;
+    r.connect_failures += failures;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let req = kind.trigger(&bcast_user, &cred);
+    let cpu0 = server.cpu_ns();
+    let t0 = board.now_ns();
+    let mut http = http::HttpConn::new(addr);
+    let (status, _) = http.request(&req).await.expect("broadcast trigger");
+    assert!(status < 300, "broadcast answered {status}");
+    let all = readers.len() as u32;
+    if !await_arrivals(&board, 0, all, Duration::from_secs(60)).await {
+        r.missed += (all - board.slot(0).arrived.load(Ordering::Acquire)) as u64;
+    }
+    let cpu1 = server.cpu_ns();
+    r.bcast_ms = (board.slot(0).last_ns.load(Ordering::Acquire) - t0) as f64 / 1e6;
+    r.bcast_cpu_us_per_delivery = (cpu1 - cpu0) as f64 / 1000.0 / all.max(1) as f64;
+    for h in readers {
+        h.abort();
+    }
+
+    // 5. Triggers authenticated by the users' own JWTs (slo-hub only).
+    eprintln!("   authenticated triggers");
+    if let (Kind::SloHub, Some(t)) = (kind, tokens) {
+        r.hs256_triggers_per_s = Some(auth_triggers(addr, &t.hs256, opts.concurrency).await);
+        r.rs256_triggers_per_s = Some(auth_triggers(addr, &t.rs256, opts.concurrency).await);
+    }
+    r
+}
+
+/// Connects every (slot, user, token) socket, `concurrency` at a time; returns
+/// the reader tasks and the number of failures.
+async fn connect_all(
+    kind: Kind,
+    addr: SocketAddr,
+    board: &Arc<Board>,
+    sockets: &[(usize, &str, &str)],
+    concurrency: usize,
+) -> (Vec<JoinHandle<()>>, u64) {
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let mut pending = Vec::with_capacity(sockets.len());
+    for &(slot, user, token) in sockets {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (user, token, board) = (user.to_string(), token.to_string(), board.clone());
+        pending.push(tokio::spawn(async move {
+            let s = proto::connect(kind, addr, &user, &token).await;
+            drop(permit);
+            s.map(|s| tokio::spawn(proto::run_socket(kind, s, board, slot)))
+        }));
+    }
+    let mut readers = Vec::with_capacity(pending.len());
+    let mut failures = 0;
+    for p in pending {
+        match p.await.unwrap() {
+            Ok(h) => readers.push(h),
+            Err(e) => {
+                if failures == 0 {
+                    eprintln!("   connect failed: {e}");
+                }
+                failures += 1;
+            }
+        }
+    }
+    (readers, failures)
+}
+
+async fn await_arrivals(board: &Board, slot: usize, n: u32, timeout: Duration) -> bool {
+    let s = board.slot(slot);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = s.notify.notified();
+        if s.arrived.load(Ordering::Acquire) >= n {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return s.arrived.load(Ordering::Acquire) >= n;
+        }
+    }
+}
+
+/// Dev-issuer tokens for `users`, over one keep-alive connection.
+async fn dev_tokens(addr: SocketAddr, users: &[String]) -> Vec<String> {
+    let mut http = http::HttpConn::new(addr);
+    let mut out = Vec::with_capacity(users.len());
+    for u in users {
+        let req = http::post_json("/dev/token", None, &format!(r#"{{"sub":"{u}"}}"#));
+        let (status, body) = http.request(&req).await.expect("dev token");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        out.push(v["access_token"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+/// Triggers/s with each user logging itself out with its own token.
+async fn auth_triggers(addr: SocketAddr, tokens: &[String], concurrency: usize) -> f64 {
+    let reqs: Arc<Vec<Vec<u8>>> = Arc::new(
+        tokens
+            .iter()
+            .map(|t| http::post_json("/v1/logout", Some(t), r#"{"scope":"user"}"#))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (reqs, next) = (reqs.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut http = http::HttpConn::new(addr);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= reqs.len() {
+                    return;
+                }
+                let (status, body) = http.request(&reqs[i]).await.expect("trigger");
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    tokens.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i]
+}

@@ -1,0 +1,197 @@
+//! Starting the servers under test (pinned with `taskset`), reading their
+//! memory and CPU from /proc, and stopping them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::proto::{Kind, PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET};
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+/// Paths and settings the servers need.
+pub struct Env {
+    pub repo: PathBuf,
+    pub hub_bin: PathBuf,
+    pub work: PathBuf,
+    pub cpu: String,
+    /// Extra hub settings (TOML appended to the generated config).
+    pub hub_extra: String,
+}
+
+pub const BENCH_API_KEY: &str = "slo_bench-api-key-for-load-generator";
+pub const HS256_ISS: &str = "https://bench-hs256.invalid";
+pub const RS256_ISS: &str = "https://bench-rs256.invalid";
+pub const AUD: &str = "bench";
+pub const HS256_SECRET: &str = "bench-secret-bench-secret-bench-secret!!";
+
+impl Server {
+    pub fn start(kind: Kind, port: u16, env: &Env) -> io::Result<Server> {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let peers = env.repo.join("bench/peers");
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(&env.cpu);
+        match kind {
+            Kind::SloHub => {
+                let config = write_hub_config(env, port)?;
+                cmd.arg(&env.hub_bin)
+                    .arg("serve")
+                    .arg("--config")
+                    .arg(config);
+                cmd.env("RUST_LOG", "warn");
+            }
+            Kind::Ws => {
+                cmd.arg("node").arg(peers.join("ws-server.js"));
+            }
+            Kind::Uws => {
+                cmd.arg("node").arg(peers.join("uws-server.js"));
+            }
+            Kind::SocketIo => {
+                cmd.arg("node").arg(peers.join("socketio-server.js"));
+            }
+            Kind::Soketi => {
+                cmd.arg("node")
+                    .arg(peers.join("node_modules/@soketi/soketi/bin/server.js"))
+                    .arg("start")
+                    .env("SOKETI_PORT", port.to_string())
+                    .env("SOKETI_DEFAULT_APP_ID", PUSHER_APP_ID)
+                    .env("SOKETI_DEFAULT_APP_KEY", PUSHER_KEY)
+                    .env("SOKETI_DEFAULT_APP_SECRET", PUSHER_SECRET)
+                    .env("SOKETI_DEFAULT_APP_MAX_CONNS", "-1")
+                    .env("SOKETI_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SEC", "-1")
+                    .env("SOKETI_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SEC", "-1")
+                    .env("SOKETI_DEFAULT_APP_MAX_READ_REQ_PER_SEC", "-1")
+                    .env("SOKETI_METRICS_ENABLED", "false");
+            }
+        }
+        let log = std::fs::File::create(env.work.join(format!("{}-{port}.log", kind.name())))?;
+        cmd.env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn()?;
+        let server = Server { child, addr };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&self) -> io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
+                // Listening; give the runtime a moment to finish starting.
+                std::thread::sleep(Duration::from_millis(300));
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(io::Error::other(format!(
+            "server on {} did not start",
+            self.addr
+        )))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CPU time of all the process's threads, in nanoseconds (schedstat has
+    /// nanosecond resolution; /proc/PID/stat only clock ticks).
+    pub fn cpu_ns(&self) -> u64 {
+        let dir = format!("/proc/{}/task", self.pid());
+        let Ok(tasks) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_hub_config(env: &Env, port: u16) -> io::Result<PathBuf> {
+    let data = env.work.join(format!("hub-data-{port}"));
+    std::fs::create_dir_all(&data)?;
+    let public = std::fs::read_to_string(env.repo.join("bench/keys/rs256-public.pem"))?;
+    let key_hash = {
+        let d = ring::digest::digest(&ring::digest::SHA256, BENCH_API_KEY.as_bytes());
+        slo_hub::auth::api_keys::hex(d.as_ref())
+    };
+    let text = format!(
+        r#"listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+store = "memory"
+
+[dev]
+issuer = true
+
+[limits]
+max_connections = 1000000
+max_connections_per_ip = 1000000
+connects_per_ip_per_sec = 1000000
+connect_burst = 1000000
+user_triggers_per_sec = 1000
+user_trigger_burst = 1000
+
+[[issuers]]
+issuer = "{HS256_ISS}"
+audiences = ["{AUD}"]
+algorithms = ["HS256"]
+hs256_secret = "{HS256_SECRET}"
+
+[[issuers]]
+issuer = "{RS256_ISS}"
+audiences = ["{AUD}"]
+algorithms = ["RS256"]
+keys = [{{ kid = "bench", pem = """{public}""" }}]
+
+[[api_keys]]
+name = "bench"
+sha256 = "{key_hash}"
+scopes = ["logout:any"]
+{extra}
+"#,
+        data = data.display(),
+        extra = env.hub_extra,
+    );
+    let path = env.work.join(format!("hub-{port}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

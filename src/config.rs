@@ -1,0 +1,626 @@
+//! Settings: one struct, layered and validated once at start.
+//!
+//! Layers, lowest first: the built-in defaults of the mode (dev or production),
+//! the TOML file (`serve --config FILE`), `SLO_HUB_*` environment variables
+//! (`SLO_HUB_WS__MAX_MESSAGE_BYTES` sets `ws.max_message_bytes`), then CLI
+//! flags. [`Config::load`] returns either a config that [`Config::validate`]
+//! accepted or a [`ConfigError`] naming the key and the reason; `main` turns
+//! that into exit code 2.
+//!
+//! This module must not open files other than the config file, bind sockets
+//! or read keys: it describes, the rest of the crate acts.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Serialize};
+
+/// Dev mode is what `cargo run` starts: loopback, dev issuer, demo SPAs.
+/// Production is `slo-hub serve --config FILE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Dev,
+    Production,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where revocation state lives (see `store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Durable, crash-safe file in `data_dir`.
+    Embedded,
+    /// Process memory: nothing survives a restart.
+    Memory,
+}
+
+/// Every setting of the hub. Field docs are the reference for the TOML file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Set by the command line, never by the file.
+    #[serde(skip)]
+    pub mode: Option<Mode>,
+    /// Address the hub listens on.
+    pub listen: SocketAddr,
+    /// Directory for the dev issuer key and the embedded store; created if missing.
+    pub data_dir: PathBuf,
+    /// The URL clients use to reach the hub (printed, and the issuer of hub-signed
+    /// tokens). Defaults to `http://{listen}`.
+    pub public_url: Option<String>,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+    /// Longest token lifetime (`exp - iat`) the hub accepts, in seconds. Logout
+    /// watermarks are kept this long, so no token can outlive its watermark.
+    pub max_token_lifetime_secs: u64,
+    /// `embedded` (default) or `memory`.
+    pub store: StoreKind,
+    /// `redis://host:port` to share state and fan out across several hub nodes.
+    pub cluster: Option<String>,
+    pub dev: DevSettings,
+    pub ws: WsSettings,
+    pub http: HttpSettings,
+    pub limits: Limits,
+    /// JWT issuers whose access tokens the hub accepts.
+    pub issuers: Vec<IssuerSettings>,
+    /// Backend API keys (only their SHA-256 hashes).
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevSettings {
+    /// The built-in dev issuer (`POST /dev/token`). Always answers loopback peers only.
+    pub issuer: bool,
+    /// Serve the demo SPAs on two further ports.
+    pub demo: bool,
+    /// Port of demo app A; 0 means listen port + 1.
+    pub demo_a_port: u16,
+    /// Port of demo app B; 0 means listen port + 2.
+    pub demo_b_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsSettings {
+    /// Exact origins (`scheme://host[:port]`) allowed to open `/v1/ws`. In dev mode
+    /// the demo origins and the hub's own are added.
+    pub allowed_origins: Vec<String>,
+    /// Accept upgrades without an `Origin` header (native and server clients send none;
+    /// browsers always send one).
+    pub allow_missing_origin: bool,
+    /// Accept `Origin: null` (sandboxed iframes, file:// pages). Off by default.
+    pub allow_null_origin: bool,
+    /// Deadline for the first `auth` message.
+    pub auth_timeout_ms: u64,
+    /// Largest message (and frame) a client may send.
+    pub max_message_bytes: usize,
+    /// Bytes a socket may have waiting to be written before it is cut off as a slow consumer.
+    pub outbound_buffer_bytes: usize,
+    /// Interval of server pings; a socket silent for two intervals is closed.
+    pub heartbeat_secs: u64,
+    /// How long a logged-out socket stays open for the client's `ack` before it is closed.
+    pub ack_grace_ms: u64,
+    /// Sustained messages per second a client may send, and the burst above it.
+    pub max_messages_per_sec: u32,
+    pub message_burst: u32,
+    /// Malformed or unknown messages tolerated (each answered by an error frame) before close.
+    pub max_protocol_errors: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// A client must finish sending request headers within this time.
+    pub header_read_timeout_ms: u64,
+    /// Origins allowed to call the HTTP API from a browser (CORS). Empty: same as `ws.allowed_origins`.
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Open TCP connections in total (503 above).
+    pub max_connections: usize,
+    /// Open TCP connections per client IP (429 above).
+    pub max_connections_per_ip: usize,
+    /// New connections per second per client IP, and the burst above it (429 above).
+    pub connects_per_ip_per_sec: u32,
+    pub connect_burst: u32,
+    /// Logout triggers per second per user token, and the burst (429 above). API keys are not limited.
+    pub user_triggers_per_sec: u32,
+    pub user_trigger_burst: u32,
+    /// Longest `wait_for_acks_ms` a trigger may ask for.
+    pub max_wait_for_acks_ms: u64,
+}
+
+/// One trusted JWT issuer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    pub audiences: Vec<String>,
+    /// Allowed algorithms. Default: RS256, ES256, EdDSA, plus HS256 if `hs256_secret` is set.
+    #[serde(default)]
+    pub algorithms: Vec<Algorithm>,
+    /// JWKS document URL (keys cached, refetched on an unknown `kid`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Static public keys.
+    #[serde(default)]
+    pub keys: Vec<StaticKey>,
+    /// Shared secret for HS256 (at least 32 bytes). HS256 is refused without it.
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
+    /// Clock leeway for `exp`, `nbf` and `iat`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Minimum seconds between two JWKS refetches caused by unknown `kid`s.
+    #[serde(default = "default_jwks_refetch")]
+    pub jwks_min_refetch_secs: u64,
+}
+
+fn default_leeway() -> u64 {
+    5
+}
+fn default_jwks_refetch() -> u64 {
+    30
+}
+
+/// A static verification key: a PEM public key or a JWK (JSON text).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKey {
+    #[serde(default)]
+    pub kid: Option<String>,
+    #[serde(default)]
+    pub pem: Option<String>,
+    #[serde(default)]
+    pub jwk: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// Shown in logs and metrics instead of the key.
+    pub name: String,
+    /// Hex SHA-256 of the key (`slo-hub gen-api-key` prints both).
+    pub sha256: String,
+    /// `logout:any`, `revoke`.
+    pub scopes: Vec<String>,
+}
+
+/// Scopes an API key may carry.
+pub const API_SCOPES: &[&str] = &["logout:any", "revoke"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("config: {0}")]
+    Load(String),
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub no_demo: bool,
+    pub demo_a_port: Option<u16>,
+    pub demo_b_port: Option<u16>,
+    pub log_format: Option<LogFormat>,
+    pub store: Option<StoreKind>,
+    pub cluster: Option<String>,
+}
+
+impl Config {
+    /// The built-in defaults of a mode.
+    pub fn defaults(mode: Mode) -> Config {
+        let dev = mode == Mode::Dev;
+        Config {
+            mode: Some(mode),
+            listen: if dev {
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 8080))
+            },
+            data_dir: PathBuf::from("./data"),
+            public_url: None,
+            log_format: LogFormat::Text,
+            max_token_lifetime_secs: 24 * 3600,
+            store: StoreKind::Embedded,
+            cluster: None,
+            dev: DevSettings {
+                issuer: dev,
+                demo: dev,
+                demo_a_port: 0,
+                demo_b_port: 0,
+            },
+            ws: WsSettings {
+                allowed_origins: Vec::new(),
+                allow_missing_origin: true,
+                allow_null_origin: false,
+                auth_timeout_ms: 5_000,
+                max_message_bytes: 16 * 1024,
+                outbound_buffer_bytes: 64 * 1024,
+                heartbeat_secs: 30,
+                ack_grace_ms: 5_000,
+                max_messages_per_sec: 20,
+                message_burst: 40,
+                max_protocol_errors: 5,
+            },
+            http: HttpSettings {
+                max_body_bytes: 16 * 1024,
+                header_read_timeout_ms: 10_000,
+                cors_origins: Vec::new(),
+            },
+            limits: Limits {
+                max_connections: 100_000,
+                max_connections_per_ip: 20_000,
+                connects_per_ip_per_sec: 200,
+                connect_burst: 400,
+                user_triggers_per_sec: 5,
+                user_trigger_burst: 10,
+                max_wait_for_acks_ms: 5_000,
+            },
+            issuers: Vec::new(),
+            api_keys: Vec::new(),
+        }
+    }
+
+    /// Layers defaults, the optional file, `SLO_HUB_*` env and CLI overrides, then validates.
+    pub fn load(
+        mode: Mode,
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::defaults(mode)));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // SLO_HUB_CONFIG and SLO_HUB_REQUIRE_ALL belong to the CLI and the tests.
+        fig = fig.merge(
+            Env::prefixed("SLO_HUB_")
+                .ignore(&["config", "require_all"])
+                .split("__"),
+        );
+        let o = overrides;
+        if let Some(v) = o.listen {
+            fig = fig.merge(Serialized::global("listen", v));
+        }
+        if let Some(v) = &o.data_dir {
+            fig = fig.merge(Serialized::global("data_dir", v));
+        }
+        if o.no_demo {
+            fig = fig.merge(Serialized::global("dev.demo", false));
+        }
+        if let Some(v) = o.demo_a_port {
+            fig = fig.merge(Serialized::global("dev.demo_a_port", v));
+        }
+        if let Some(v) = o.demo_b_port {
+            fig = fig.merge(Serialized::global("dev.demo_b_port", v));
+        }
+        if let Some(v) = o.log_format {
+            fig = fig.merge(Serialized::global("log_format", v));
+        }
+        if let Some(v) = o.store {
+            fig = fig.merge(Serialized::global("store", v));
+        }
+        if let Some(v) = &o.cluster {
+            fig = fig.merge(Serialized::global("cluster", v));
+        }
+        let mut config: Config = fig.extract().map_err(|e| {
+            // figment names keys by profile ("default.ws.x"); we have one profile.
+            ConfigError::Load(e.to_string().replace("for key \"default.", "for key \""))
+        })?;
+        config.mode = Some(mode);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or(Mode::Production)
+    }
+
+    pub fn is_dev(&self) -> bool {
+        self.mode() == Mode::Dev
+    }
+
+    /// The URL clients use to reach the hub.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// Ports of the two demo apps (0 in the settings means: follow the hub's port).
+    pub fn demo_ports(&self) -> (u16, u16) {
+        let base = self.listen.port();
+        let pick = |p: u16, off: u16| {
+            if p != 0 {
+                p
+            } else if base == 0 {
+                0
+            } else {
+                base.saturating_add(off)
+            }
+        };
+        (pick(self.dev.demo_a_port, 1), pick(self.dev.demo_b_port, 2))
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.ws.auth_timeout_ms)
+    }
+
+    /// Checks every rule that serde cannot express. The first violation wins.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ws = &self.ws;
+        range("ws.auth_timeout_ms", ws.auth_timeout_ms, 100, 60_000)?;
+        range(
+            "ws.max_message_bytes",
+            ws.max_message_bytes as u64,
+            256,
+            1 << 20,
+        )?;
+        range(
+            "ws.outbound_buffer_bytes",
+            ws.outbound_buffer_bytes as u64,
+            1024,
+            16 << 20,
+        )?;
+        range("ws.heartbeat_secs", ws.heartbeat_secs, 1, 3600)?;
+        range("ws.ack_grace_ms", ws.ack_grace_ms, 0, 60_000)?;
+        range(
+            "ws.max_messages_per_sec",
+            ws.max_messages_per_sec as u64,
+            1,
+            100_000,
+        )?;
+        range("ws.message_burst", ws.message_burst as u64, 1, 1_000_000)?;
+        range(
+            "http.max_body_bytes",
+            self.http.max_body_bytes as u64,
+            256,
+            16 << 20,
+        )?;
+        range(
+            "http.header_read_timeout_ms",
+            self.http.header_read_timeout_ms,
+            100,
+            300_000,
+        )?;
+        range(
+            "max_token_lifetime_secs",
+            self.max_token_lifetime_secs,
+            60,
+            400 * 24 * 3600,
+        )?;
+        range(
+            "limits.max_connections",
+            self.limits.max_connections as u64,
+            1,
+            10_000_000,
+        )?;
+        range(
+            "limits.max_connections_per_ip",
+            self.limits.max_connections_per_ip as u64,
+            1,
+            10_000_000,
+        )?;
+        range(
+            "limits.connects_per_ip_per_sec",
+            self.limits.connects_per_ip_per_sec as u64,
+            1,
+            10_000_000,
+        )?;
+        range(
+            "limits.user_triggers_per_sec",
+            self.limits.user_triggers_per_sec as u64,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "limits.max_wait_for_acks_ms",
+            self.limits.max_wait_for_acks_ms,
+            0,
+            60_000,
+        )?;
+        for (i, origin) in ws
+            .allowed_origins
+            .iter()
+            .chain(self.http.cors_origins.iter())
+            .enumerate()
+        {
+            if origin != "*" && !is_origin(origin) {
+                return Err(invalid(
+                    format!("ws.allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin of the form scheme://host[:port]"),
+                ));
+            }
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid("public_url", "must start with http:// or https://"));
+        }
+        if let Some(url) = &self.cluster
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid("cluster", "must be a redis:// or rediss:// URL"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let key = |k: &str| format!("issuers[{i}].{k}");
+            if iss.issuer.is_empty() {
+                return Err(invalid(key("issuer"), "must not be empty"));
+            }
+            if !seen.insert(iss.issuer.as_str()) {
+                return Err(invalid(
+                    key("issuer"),
+                    format!("{:?} is configured twice", iss.issuer),
+                ));
+            }
+            if iss.audiences.is_empty() {
+                return Err(invalid(
+                    key("audiences"),
+                    "at least one audience is required",
+                ));
+            }
+            if iss.jwks_url.is_none() && iss.keys.is_empty() && iss.hs256_secret.is_none() {
+                return Err(invalid(
+                    key("jwks_url"),
+                    "an issuer needs jwks_url, keys or hs256_secret",
+                ));
+            }
+            if let Some(url) = &iss.jwks_url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(invalid(key("jwks_url"), "must be an http(s) URL"));
+            }
+            if iss.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
+                return Err(invalid(
+                    key("hs256_secret"),
+                    "must be at least 32 bytes (RFC 7518 §3.2)",
+                ));
+            }
+            for alg in &iss.algorithms {
+                let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+                if hmac && iss.hs256_secret.is_none() {
+                    return Err(invalid(
+                        key("algorithms"),
+                        format!("{alg:?} needs hs256_secret"),
+                    ));
+                }
+            }
+            for (k, sk) in iss.keys.iter().enumerate() {
+                if sk.pem.is_some() == sk.jwk.is_some() {
+                    return Err(invalid(
+                        format!("issuers[{i}].keys[{k}]"),
+                        "set exactly one of pem and jwk",
+                    ));
+                }
+            }
+            range(key("leeway_secs").as_str(), iss.leeway_secs, 0, 300)?;
+        }
+        let mut names = BTreeSet::new();
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if !names.insert(k.name.as_str()) {
+                return Err(invalid(
+                    format!("api_keys[{i}].name"),
+                    format!("{:?} is used twice", k.name),
+                ));
+            }
+            let hex_ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex_ok {
+                return Err(invalid(
+                    format!("api_keys[{i}].sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key)",
+                ));
+            }
+            for s in &k.scopes {
+                if !API_SCOPES.contains(&s.as_str()) {
+                    return Err(invalid(
+                        format!("api_keys[{i}].scopes"),
+                        format!("unknown scope {s:?}; known: {}", API_SCOPES.join(", ")),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!("{value} is out of range; allowed {min}..={max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` with no path, query or trailing slash: the exact form
+/// browsers send in `Origin`.
+pub fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() {
+        return false;
+    }
+    !rest.contains(['/', '?', '#', ' ', '@'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_defaults_validate() {
+        Config::defaults(Mode::Dev).validate().unwrap();
+        Config::defaults(Mode::Production).validate().unwrap();
+    }
+
+    #[test]
+    fn demo_ports_follow_the_listen_port() {
+        let mut c = Config::defaults(Mode::Dev);
+        assert_eq!(c.demo_ports(), (8081, 8082));
+        c.listen = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(c.demo_ports(), (9001, 9002));
+        c.dev.demo_b_port = 7000;
+        assert_eq!(c.demo_ports(), (9001, 7000));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = Config::defaults(Mode::Production);
+        c.ws.max_message_bytes = 10;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("ws.max_message_bytes"), "{e}");
+        let mut c = Config::defaults(Mode::Production);
+        c.ws.allowed_origins = vec!["https://a.example/".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("ws.allowed_origins[0]"), "{e}");
+    }
+
+    #[test]
+    fn origins() {
+        assert!(is_origin("https://app.example.com"));
+        assert!(is_origin("http://127.0.0.1:8081"));
+        assert!(!is_origin("https://app.example.com/"));
+        assert!(!is_origin("app.example.com"));
+        assert!(!is_origin("ftp://x"));
+    }
+}

@@ -1,0 +1,263 @@
+//! Errors and what clients see of them: HTTP statuses and WebSocket close codes.
+//!
+//! Policy: each layer has one typed error (`AuthError` here, `ApiError` for the
+//! HTTP surface, `StoreError` in `store`); they are mapped to statuses and close
+//! codes only in this file. Responses carry a stable machine code and a message
+//! safe to show; details (keys, tokens, peer data) never go into either, and are
+//! logged by the caller at most as a reason label.
+//!
+//! The complete table of close codes used on `/v1/ws` is [`CloseCode`].
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Why a credential was refused. `reason()` is the metrics label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials were presented")]
+    Missing,
+    #[error("credentials are not accepted in the URL")]
+    CredentialsInUrl,
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token is larger than allowed")]
+    TooLarge,
+    #[error("the token's issuer is not trusted")]
+    UnknownIssuer,
+    #[error("no key with the token's key id")]
+    UnknownKey,
+    #[error("the token's algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    #[error("the token carries a critical header extension that is not understood")]
+    UnsupportedCritical,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's audience is not accepted")]
+    WrongAudience,
+    #[error("the token's issuer does not match")]
+    WrongIssuer,
+    #[error("the token lacks the required claim `{0}`")]
+    MissingClaim(&'static str),
+    #[error("the token's claims are malformed")]
+    BadClaims,
+    #[error("the token's lifetime exceeds the hub's maximum")]
+    LifetimeTooLong,
+    #[error("this kind of token is not accepted here")]
+    WrongTokenKind,
+    #[error("the token was revoked by a logout")]
+    Revoked,
+    #[error("the API key is not valid")]
+    BadApiKey,
+    #[error("the credential lacks the scope `{0}`")]
+    MissingScope(&'static str),
+    #[error("the issuer's keys cannot be fetched right now")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// Stable snake_case label for metrics and the `error` field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::CredentialsInUrl => "credentials_in_url",
+            AuthError::Malformed => "malformed",
+            AuthError::TooLarge => "too_large",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::AlgorithmNotAllowed => "alg_not_allowed",
+            AuthError::UnsupportedCritical => "crit_not_supported",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::BadClaims => "bad_claims",
+            AuthError::LifetimeTooLong => "lifetime_too_long",
+            AuthError::WrongTokenKind => "wrong_token_kind",
+            AuthError::Revoked => "revoked",
+            AuthError::BadApiKey => "bad_api_key",
+            AuthError::MissingScope(_) => "missing_scope",
+            AuthError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// The close code a socket gets when its `auth` message fails this way.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            AuthError::Expired => CloseCode::TokenExpired,
+            AuthError::Revoked => CloseCode::LoggedOut,
+            AuthError::KeysUnavailable => CloseCode::TryAgainLater,
+            _ => CloseCode::Unauthorized,
+        }
+    }
+}
+
+/// Every close code the hub sends on `/v1/ws`, with what the client should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// 1000: normal closure (the client asked to close).
+    Normal = 1000,
+    /// 1002: RFC 6455 protocol violation (unmasked frame, bad opcode, bad fragmentation).
+    ProtocolError = 1002,
+    /// 1003: a binary message; the protocol is JSON text only.
+    UnsupportedData = 1003,
+    /// 1007: a text message that is not valid UTF-8.
+    InvalidPayload = 1007,
+    /// 1009: a message above `ws.max_message_bytes`.
+    MessageTooBig = 1009,
+    /// 1011: the hub failed internally; reconnect with backoff.
+    InternalError = 1011,
+    /// 1012: the hub is restarting; reconnect (with jitter).
+    ServiceRestart = 1012,
+    /// 1013: a dependency (issuer keys, store) is unavailable; reconnect with backoff.
+    TryAgainLater = 1013,
+    /// 4000: this socket's session was logged out (after the `logout` message, or at
+    /// connect when the token predates a logout). Do not reconnect with this token.
+    LoggedOut = 4000,
+    /// 4400: the client broke the JSON protocol too often (or the first message was not `auth`).
+    BadProtocol = 4400,
+    /// 4401: missing or invalid token, or no `auth` within the deadline. Get a new token.
+    Unauthorized = 4401,
+    /// 4403: the token has expired. Refresh it and reconnect.
+    TokenExpired = 4403,
+    /// 4408: the client stopped answering pings (silent for two heartbeat
+    /// intervals). Reconnect; a missed logout is replayed by the watermark.
+    HeartbeatTimeout = 4408,
+    /// 4409: the client did not read fast enough (outbound buffer full).
+    /// Reconnect; a missed logout is replayed by the watermark.
+    SlowConsumer = 4409,
+    /// 4429: the client sent messages faster than allowed.
+    RateLimited = 4429,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The close frame's reason text (short, fixed, no client data).
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "bye",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::UnsupportedData => "binary messages are not supported",
+            CloseCode::InvalidPayload => "invalid utf-8",
+            CloseCode::MessageTooBig => "message too big",
+            CloseCode::InternalError => "internal error",
+            CloseCode::ServiceRestart => "service restart",
+            CloseCode::TryAgainLater => "try again later",
+            CloseCode::LoggedOut => "logged out",
+            CloseCode::BadProtocol => "bad protocol",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::TokenExpired => "token expired",
+            CloseCode::HeartbeatTimeout => "heartbeat timeout",
+            CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::RateLimited => "rate limited",
+        }
+    }
+}
+
+/// Attached to every error response so one middleware can count rejections
+/// by endpoint and code (`http::count_rejections`).
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
+/// What an HTTP endpoint answers when it cannot do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the content type must be {0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("too many requests")]
+    RateLimited,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(AuthError::MissingScope(_)) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `error` field: a stable code clients can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::Unauthorized(e) => e.reason(),
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RateLimited => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            // The detail is for operators only.
+            tracing::error!(detail = %detail, "internal error");
+        }
+        let body = Json(json!({"error": self.code(), "message": self.to_string()}));
+        let mut resp = (status, body).into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code()));
+        let headers = resp.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: say which scheme, and why, without echoing the credential.
+            let value = format!(
+                "Bearer realm=\"slo-hub\", error=\"invalid_token\", error_description=\"{}\"",
+                self
+            );
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

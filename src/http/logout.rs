@@ -1,0 +1,193 @@
+//! `POST /v1/logout`: the trigger.
+//!
+//! * A user's own bearer token logs out itself: `{"scope":"user"}` (default:
+//!   every socket of the user, across apps — single logout) or
+//!   `{"scope":"session"}` (only sockets of the token's `sid`). Naming another
+//!   `sub`, `sid` or `iss` is 403. Rate-limited per user (429).
+//! * A backend API key with `logout:any` logs out anyone:
+//!   `{"sub", "sid"?, "iss"?, "reason"?}` — with `sid`, that session only.
+//! * `"wait_for_acks_ms"` (≤ `limits.max_wait_for_acks_ms`) makes the answer
+//!   also count client acknowledgements.
+//!
+//! Answer: `{"event_id","matched","delivered"}` (+ `"acked"`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiJson, authorization};
+use crate::App;
+use crate::auth::{Credential, IssuerId};
+use crate::error::{ApiError, AuthError};
+use crate::registry::{SessionKey, Target, UserKey};
+use crate::revocation::LogoutOrder;
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new().route("/v1/logout", post(logout))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogoutBody {
+    scope: Option<String>,
+    sub: Option<String>,
+    sid: Option<String>,
+    iss: Option<String>,
+    reason: Option<String>,
+    wait_for_acks_ms: Option<u64>,
+}
+
+const MAX_REASON: usize = 200;
+
+async fn logout(
+    State(app): State<Arc<App>>,
+    uri: Uri,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LogoutBody>,
+) -> Result<Json<Value>, ApiError> {
+    if crate::ws::query_has_credentials(uri.query()) {
+        app.metrics
+            .auth_failure("http", AuthError::CredentialsInUrl.reason());
+        return Err(AuthError::CredentialsInUrl.into());
+    }
+    let cred = app
+        .auth
+        .authenticate_bearer(authorization(&headers))
+        .await
+        .inspect_err(|e| app.metrics.auth_failure("http", e.reason()))?;
+    let reason = match body.reason.as_deref() {
+        None | Some("") => "logout".to_string(),
+        Some(r) if r.len() > MAX_REASON || r.chars().any(char::is_control) => {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                format!("reason must be at most {MAX_REASON} printable characters"),
+            ));
+        }
+        Some(r) => r.to_string(),
+    };
+    let wait = match body.wait_for_acks_ms {
+        None => None,
+        Some(ms) if ms > app.config.limits.max_wait_for_acks_ms => {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                format!(
+                    "wait_for_acks_ms must be at most {}",
+                    app.config.limits.max_wait_for_acks_ms
+                ),
+            ));
+        }
+        Some(ms) => Some(Duration::from_millis(ms)),
+    };
+    let (target, sub, source) = match cred {
+        Credential::User(p) => {
+            let own_iss = app.auth.issuer_name(p.issuer);
+            let other = body.sub.as_deref().is_some_and(|s| s != p.sub)
+                || body.iss.as_deref().is_some_and(|i| i != own_iss)
+                || body.sid.is_some() && body.sid != p.sid;
+            if other {
+                return Err(ApiError::Forbidden(
+                    "a user token can only log out its own user or session".into(),
+                ));
+            }
+            let user = UserKey {
+                iss: p.issuer,
+                sub: p.sub.as_str().into(),
+            };
+            if !app.user_trigger_limits.try_take(&user) {
+                return Err(ApiError::RateLimited);
+            }
+            let target = match body.scope.as_deref().unwrap_or("user") {
+                "user" => Target::User(user.clone()),
+                "session" => {
+                    let sid = p.sid.as_deref().ok_or_else(|| {
+                        ApiError::bad_request(
+                            "bad_request",
+                            "this token has no sid claim, so it can only log out its user (scope \"user\")",
+                        )
+                    })?;
+                    Target::Session(SessionKey {
+                        iss: p.issuer,
+                        sid: sid.into(),
+                    })
+                }
+                _ => return Err(bad_scope()),
+            };
+            (target, Some(user.sub), "user")
+        }
+        Credential::Backend(key) => {
+            key.require("logout:any")?;
+            let iss = backend_issuer(&app, body.iss.as_deref())?;
+            let sub = body.sub.as_deref().filter(|s| !s.is_empty());
+            let target = match (body.scope.as_deref(), sub, body.sid.as_deref()) {
+                (None | Some("session"), _, Some(sid)) if !sid.is_empty() => {
+                    Target::Session(SessionKey {
+                        iss,
+                        sid: sid.into(),
+                    })
+                }
+                (None | Some("user"), Some(sub), None) => Target::User(UserKey {
+                    iss,
+                    sub: sub.into(),
+                }),
+                (Some("user"), _, Some(_)) => {
+                    return Err(ApiError::bad_request(
+                        "bad_request",
+                        "scope \"user\" takes a sub, not a sid",
+                    ));
+                }
+                (Some(s), _, _) if s != "user" && s != "session" => return Err(bad_scope()),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "bad_request",
+                        "name the user (\"sub\") or the session (\"sid\") to log out",
+                    ));
+                }
+            };
+            (target, sub.map(Into::into), "api_key")
+        }
+    };
+    let outcome = app
+        .revocation
+        .logout(LogoutOrder {
+            target,
+            sub,
+            reason,
+            source,
+            wait_for_acks: wait,
+        })
+        .await;
+    let mut answer = json!({
+        "event_id": outcome.event_id,
+        "matched": outcome.delivery.matched,
+        "delivered": outcome.delivery.delivered,
+    });
+    if let Some(acked) = outcome.acked {
+        answer["acked"] = json!(acked);
+    }
+    Ok(Json(answer))
+}
+
+fn bad_scope() -> ApiError {
+    ApiError::bad_request("bad_request", "scope must be \"user\" or \"session\"")
+}
+
+/// The issuer a backend request addresses: the named one, or the only one.
+fn backend_issuer(app: &App, iss: Option<&str>) -> Result<IssuerId, ApiError> {
+    match iss {
+        Some(i) => app.auth.issuer_id(i).ok_or_else(|| {
+            ApiError::bad_request("unknown_issuer", "no issuer with this iss is configured")
+        }),
+        None => app.auth.single_issuer().ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_request",
+                "several issuers are configured: name one with \"iss\"",
+            )
+        }),
+    }
+}

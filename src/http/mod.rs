@@ -1,0 +1,144 @@
+//! The HTTP API: one module per endpoint group, merged into one router here.
+//!
+//! * `logout` — `POST /v1/logout`, the trigger.
+//! * `dev` — `POST /dev/token` and `GET /.well-known/jwks.json`.
+//! * `health` — `/healthz`, `/readyz`, `/metrics`.
+//! * `assets` — the JS client library and the pages the hub serves.
+//! * `/v1/ws` is routed to `ws::upgrade`.
+//!
+//! Cross-cutting rules live here: [`ApiJson`] gives malformed, oversized and
+//! mistyped bodies our error format (400 / 413 / 415), and one middleware
+//! counts every refused request by endpoint and error code.
+//!
+//! Must not: contain business rules; handlers authenticate, validate and call
+//! `revocation`.
+
+pub mod assets;
+pub mod dev;
+pub mod health;
+pub mod logout;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use serde::de::DeserializeOwned;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::App;
+use crate::error::{ApiError, ErrorCode};
+
+pub fn router(app: Arc<App>) -> Router {
+    let cors = cors(&app);
+    let api = Router::new()
+        .merge(logout::router())
+        .merge(dev::router())
+        .layer(cors);
+    Router::new()
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .merge(api)
+        .merge(health::router())
+        .merge(assets::router())
+        .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            count_rejections,
+        ))
+        .with_state(app)
+}
+
+fn cors(app: &App) -> CorsLayer {
+    let origins: Vec<HeaderValue> = app
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let allow = if app.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
+async fn count_rejections(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let endpoint = endpoint_label(req.extensions().get::<MatchedPath>());
+    let resp = next.run(req).await;
+    if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
+        app.metrics.http_rejection(endpoint, code);
+    }
+    resp
+}
+
+fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
+    match path.map(|p| p.as_str()) {
+        Some("/v1/logout") => "logout",
+        Some("/v1/ws") => "ws",
+        Some("/dev/token") => "dev_token",
+        Some(_) => "other",
+        None => "unrouted",
+    }
+}
+
+/// A JSON body, refused in our error format: 415 unless `application/json`,
+/// 413 above `http.max_body_bytes`, 400 if it does not parse into `T`.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::UnsupportedMediaType("application/json"));
+        }
+        let limit = app.config.http.max_body_bytes;
+        let bytes = read_body(req, limit).await?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request("bad_request", format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Reads a body up to `limit` bytes; 413 beyond.
+pub async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::bad_request("bad_request", "the request body could not be read")
+            }
+        })
+}
+
+/// The `Authorization` header as text, if present and visible ASCII.
+pub fn authorization(req_headers: &axum::http::HeaderMap) -> Option<&str> {
+    req_headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}

@@ -1,0 +1,294 @@
+//! slo-hub: a single-logout push hub.
+//!
+//! When a user logs out of one application, every other application the user
+//! has open — SPAs on other domains, web sessions a native app handed off —
+//! is told over a WebSocket within milliseconds and clears its session.
+//!
+//! ```text
+//!  trigger (POST /v1/logout)          SPA socket (GET /v1/ws)
+//!        │                                   │
+//!        ▼                                   ▼
+//!   http::logout ──► auth ◄──────────── ws::socket (first message: auth)
+//!        │                                   │ register, then check watermark
+//!        ▼                                   ▼
+//!   revocation ── 1. watermark (store) ──► registry ◄── 2. publish
+//!                                            │
+//!                                            ▼
+//!                                  ws::conn (direct, bounded write) ──► socket
+//! ```
+//!
+//! * [`config`] — settings, layered and validated once.
+//! * [`server`] — accept, connection limits, HTTP/1.1 with a header timeout.
+//! * [`http`] — the HTTP endpoints; [`ws`] — the socket endpoint.
+//! * [`auth`] — JWTs (per issuer, JWKS), API keys, the dev issuer.
+//! * [`revocation`] — a logout becomes a watermark, then a push.
+//! * [`registry`] — who is connected, by user and by session.
+//! * [`store`] — watermarks (what must outlive a socket).
+//! * [`error`] — every status and close code, mapped in one place.
+//! * [`metrics`] — Prometheus counters.
+//!
+//! [`Hub::start`] wires them together; `main.rs` only parses the command line.
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod registry;
+pub mod revocation;
+pub mod server;
+pub mod store;
+pub mod util;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::dev_issuer::DevIssuer;
+use crate::auth::{ApiKeys, Authenticator, IssuerId};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, UserKey};
+use crate::revocation::Revocation;
+use crate::server::ConnLimits;
+use crate::util::KeyedLimiter;
+
+/// Everything a request or socket needs, shared behind one `Arc`.
+pub struct App {
+    /// The validated settings.
+    pub config: Config,
+    /// Verifies tokens and API keys.
+    pub auth: Authenticator,
+    /// Connected sockets by user and session.
+    pub registry: Arc<Registry>,
+    /// Watermarks and the logout path.
+    pub revocation: Revocation,
+    pub metrics: Arc<Metrics>,
+    /// Connection counts and connect rates per address.
+    pub limits: Arc<ConnLimits>,
+    /// Trigger rate per user token.
+    pub user_trigger_limits: KeyedLimiter<UserKey>,
+    /// The dev-mode token minter, when enabled, and its issuer id.
+    pub dev_issuer: Option<DevIssuer>,
+    pub dev_issuer_id: Option<IssuerId>,
+    /// Origins that may open sockets (config plus, in dev mode, the demo apps).
+    pub allowed_origins: Vec<String>,
+    /// Origins that may call the HTTP API from a browser.
+    pub cors_origins: Vec<String>,
+    /// Every task the hub spawns, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Cancelled once, when shutdown starts.
+    pub shutdown: CancellationToken,
+    /// Dev mode: a file holding an API key with every scope (new each start).
+    pub dev_api_key_file: Option<PathBuf>,
+    next_conn: AtomicU64,
+}
+
+impl App {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Why the hub could not start. `main` exits with code 2 for all of them.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    DevIssuer(#[from] auth::dev_issuer::DevIssuerError),
+    #[error("auth: {0}")]
+    Auth(String),
+}
+
+/// A running hub.
+pub struct Hub {
+    app: Arc<App>,
+    /// Where the hub listens.
+    pub addr: SocketAddr,
+    /// The demo apps: (name, address).
+    pub demos: Vec<(&'static str, SocketAddr)>,
+}
+
+impl Hub {
+    /// Binds, wires every part and starts serving.
+    pub async fn start(mut config: Config) -> Result<Hub, StartError> {
+        auth::crypto::install();
+        let listener = server::bind(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        // Port 0 (tests) becomes the real port, so URLs and demo ports follow it.
+        config.listen = addr;
+        let public_url = config.public_url();
+
+        let mut demo_listeners = Vec::new();
+        if config.dev.demo {
+            let (pa, pb) = config.demo_ports();
+            for (demo, port) in demo::APPS.iter().zip([pa, pb]) {
+                let at = SocketAddr::new(addr.ip(), port);
+                let l = server::bind(at).map_err(|source| StartError::Bind { addr: at, source })?;
+                demo_listeners.push((demo, l));
+            }
+        }
+        let demos: Vec<(&'static str, SocketAddr)> = demo_listeners
+            .iter()
+            .filter_map(|(d, l)| l.local_addr().ok().map(|a| (d.name, a)))
+            .collect();
+
+        let mut allowed_origins = config.ws.allowed_origins.clone();
+        if config.is_dev() {
+            allowed_origins.push(public_url.clone());
+            for (_, a) in &demos {
+                allowed_origins.push(format!("http://{a}"));
+                allowed_origins.push(format!("http://localhost:{}", a.port()));
+            }
+        }
+        let cors_origins = if config.http.cors_origins.is_empty() {
+            allowed_origins.clone()
+        } else {
+            config.http.cors_origins.clone()
+        };
+
+        let data_dir_error = |source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        };
+        if config.dev.issuer || config.is_dev() {
+            std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
+        }
+        let mut issuers = config.issuers.clone();
+        let mut dev_issuer = None;
+        let mut dev_issuer_id = None;
+        if config.dev.issuer {
+            let dev = DevIssuer::load_or_create(&config.data_dir, format!("{public_url}/dev"))?;
+            dev_issuer_id = Some(IssuerId(issuers.len() as u16));
+            issuers.push(dev.issuer_settings());
+            if !config.is_dev() {
+                tracing::warn!(
+                    "the dev issuer is enabled in production mode: it answers loopback clients only; turn it off (dev.issuer = false) for real deployments"
+                );
+            }
+            dev_issuer = Some(dev);
+        }
+        let mut api_keys = ApiKeys::new(&config.api_keys);
+        let mut dev_api_key_file = None;
+        if config.is_dev() {
+            // A fresh key each start, in a 0600 file rather than on the console.
+            let (key, _) = auth::api_keys::generate();
+            let path = config.data_dir.join("dev-api-key");
+            util::write_private_file(&path, format!("{key}\n").as_bytes())
+                .map_err(data_dir_error)?;
+            api_keys.add("dev", &key, config::API_SCOPES);
+            dev_api_key_file = Some(path);
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| StartError::Auth(e.to_string()))?;
+        let auth = Authenticator::new(&issuers, api_keys, config.max_token_lifetime_secs, http)
+            .map_err(StartError::Auth)?;
+        auth.load_keys().await;
+
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(metrics.connections.clone()));
+        let revocation = Revocation::new(
+            registry.clone(),
+            metrics.clone(),
+            config.max_token_lifetime_secs,
+        );
+        let limits = Arc::new(ConnLimits::new(&config));
+        let user_trigger_limits = KeyedLimiter::new(
+            config.limits.user_triggers_per_sec,
+            config.limits.user_trigger_burst,
+        );
+        let app = Arc::new(App {
+            auth,
+            registry,
+            revocation,
+            metrics,
+            limits,
+            user_trigger_limits,
+            dev_issuer,
+            dev_issuer_id,
+            allowed_origins,
+            cors_origins,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            dev_api_key_file,
+            next_conn: AtomicU64::new(1),
+            config,
+        });
+
+        app.auth.spawn_refresh(&app.tasks, app.shutdown.clone());
+        app.tasks.spawn(ws::heartbeat(app.clone()));
+        app.tasks.spawn(maintenance(app.clone()));
+        for (demo, l) in demo_listeners {
+            demo::spawn(&app, demo, l, &public_url);
+        }
+        let router = http::router(app.clone());
+        app.tasks
+            .spawn(server::serve(app.clone(), listener, router));
+        Ok(Hub { app, addr, demos })
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// `http://host:port` of the hub.
+    pub fn url(&self) -> String {
+        self.app.config.public_url()
+    }
+
+    /// Graceful shutdown: stop accepting, finish in-flight requests, close
+    /// sockets with 1012, and wait (at most `deadline`) for every task.
+    pub async fn shutdown(self, deadline: Duration) {
+        self.app.shutdown.cancel();
+        ws::close_all_for_restart(&self.app);
+        self.app.tasks.close();
+        if tokio::time::timeout(deadline, self.app.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown deadline passed with {} tasks still running",
+                self.app.tasks.len()
+            );
+        }
+    }
+}
+
+/// Periodic housekeeping: expire watermarks, forget idle rate buckets.
+async fn maintenance(app: Arc<App>) {
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let expired = app.revocation.expire();
+        if expired > 0 {
+            tracing::debug!(expired, "watermarks expired");
+        }
+        app.user_trigger_limits.forget_idle();
+    }
+}

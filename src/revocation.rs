@@ -1,0 +1,219 @@
+//! Revocation: a logout becomes a watermark, then a push to every matching socket.
+//!
+//! [`Revocation::logout`] is the one path every trigger takes (user tokens,
+//! API keys, and later back-channel logout and the session graph). Its order
+//! is the correctness argument against the connect race:
+//!
+//! 1. record the watermark, then 2. publish to the registry.
+//!
+//! A connecting socket does the mirror image (`ws::socket`): it registers,
+//! then checks the watermark. Both sides go through locks on the same maps,
+//! so whichever runs second sees the other: either the publish finds the
+//! socket, or the socket finds the watermark. No interleaving leaves a socket
+//! with a revoked token live.
+//!
+//! Must not: authenticate callers (the HTTP layer did) or write to sockets
+//! (the registry does).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+use crate::registry::{Delivery, Registry, SessionKey, Target, UserKey};
+use crate::store::{LogoutEvent, Scope, Watermarks};
+use crate::util;
+use crate::ws::conn::LogoutFrame;
+use crate::ws::{codec, protocol};
+
+/// A logout to carry out.
+#[derive(Debug, Clone)]
+pub struct LogoutOrder {
+    pub target: Target,
+    /// Shown in the pushed message; for a session logout the sub may be unknown.
+    pub sub: Option<Arc<str>>,
+    pub reason: String,
+    /// Metrics label: who asked (`user`, `api_key`, ...).
+    pub source: &'static str,
+    /// Wait this long for acknowledgements before answering.
+    pub wait_for_acks: Option<Duration>,
+}
+
+/// What the trigger's caller learns.
+#[derive(Debug, Clone)]
+pub struct LogoutOutcome {
+    pub event_id: String,
+    pub delivery: Delivery,
+    pub acked: Option<usize>,
+}
+
+pub struct Revocation {
+    watermarks: Watermarks,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Acks being counted for triggers that asked to wait; absent otherwise.
+    waiting: DashMap<String, Arc<AckCount>>,
+    /// How long a watermark is kept: the longest token lifetime accepted.
+    ttl_ms: i64,
+}
+
+#[derive(Default)]
+struct AckCount {
+    acked: AtomicUsize,
+    changed: Notify,
+}
+
+impl Revocation {
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, ttl_secs: u64) -> Revocation {
+        Revocation {
+            watermarks: Watermarks::default(),
+            registry,
+            metrics,
+            waiting: DashMap::new(),
+            ttl_ms: ttl_secs as i64 * 1000,
+        }
+    }
+
+    /// Records and delivers a logout.
+    pub async fn logout(&self, order: LogoutOrder) -> LogoutOutcome {
+        let started = Instant::now();
+        let (scope, sid) = match &order.target {
+            Target::User(_) => (Scope::User, None),
+            Target::Session(k) => (Scope::Session, Some(k.sid.clone())),
+        };
+        let sub = match &order.target {
+            Target::User(k) => Some(k.sub.clone()),
+            Target::Session(_) => order.sub.clone(),
+        };
+        let event = Arc::new(LogoutEvent {
+            id: util::random_id(),
+            scope,
+            sub,
+            sid,
+            reason: order.reason,
+            at_ms: util::now_ms(),
+        });
+        self.watermarks.record(&order.target, event.clone());
+        let frame = Arc::new(logout_frame(&event));
+        let counter = order.wait_for_acks.map(|_| {
+            let c = Arc::new(AckCount::default());
+            self.waiting.insert(event.id.clone(), c.clone());
+            c
+        });
+        let delivery = self.registry.publish(&order.target, &frame);
+        self.metrics
+            .fanout_latency
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .messages_delivered
+            .inc_by(delivery.delivered as u64);
+        self.metrics.logout_event(order.source);
+        let acked = match (counter, order.wait_for_acks) {
+            (Some(c), Some(wait)) => {
+                let n = wait_for(&c, delivery.delivered, wait).await;
+                self.waiting.remove(&event.id);
+                Some(n)
+            }
+            _ => None,
+        };
+        LogoutOutcome {
+            event_id: event.id.clone(),
+            delivery,
+            acked,
+        }
+    }
+
+    /// The logout that revokes a token issued at `iat` for this user and
+    /// session, if any, as the frame to push. Call after registering the socket.
+    pub fn revoked_token(
+        &self,
+        iat: i64,
+        user: &UserKey,
+        session: Option<&SessionKey>,
+    ) -> Option<Arc<LogoutFrame>> {
+        let by_user = self.watermarks.user(user).filter(|e| e.revokes_iat(iat));
+        let by_session = session
+            .and_then(|k| self.watermarks.session(k))
+            .filter(|e| e.revokes_iat(iat));
+        let latest = match (by_user, by_session) {
+            (Some(a), Some(b)) => Some(if a.at_ms >= b.at_ms { a } else { b }),
+            (a, b) => a.or(b),
+        }?;
+        self.metrics.logout_event("watermark");
+        Some(Arc::new(logout_frame(&latest)))
+    }
+
+    /// The earliest `iat` a new token for this user (and session) may carry
+    /// so that no existing watermark revokes it (see `LogoutEvent::revokes_iat`).
+    pub fn first_valid_iat(
+        &self,
+        user: &UserKey,
+        session: Option<&SessionKey>,
+        now_secs: u64,
+    ) -> u64 {
+        let latest = [
+            self.watermarks.user(user),
+            session.and_then(|k| self.watermarks.session(k)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|e| e.at_ms.div_euclid(1000) as u64 + 1)
+        .max();
+        latest.map_or(now_secs, |first| now_secs.max(first))
+    }
+
+    /// Counts a client's acknowledgement of the logout it was sent.
+    pub fn acked(&self, event_id: &str) {
+        self.metrics.messages_acked.inc();
+        if let Some(c) = self.waiting.get(event_id) {
+            c.acked.fetch_add(1, Ordering::AcqRel);
+            c.changed.notify_waiters();
+        }
+    }
+
+    /// Forgets watermarks older than the longest token lifetime.
+    pub fn expire(&self) -> usize {
+        self.watermarks.expire(util::now_ms(), self.ttl_ms)
+    }
+
+    pub fn watermark_count(&self) -> usize {
+        self.watermarks.len()
+    }
+}
+
+async fn wait_for(c: &AckCount, expected: usize, wait: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Register interest before reading, so an ack between the read and
+        // the await still wakes us.
+        let changed = c.changed.notified();
+        let n = c.acked.load(Ordering::Acquire);
+        if n >= expected {
+            return n;
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return c.acked.load(Ordering::Acquire);
+        }
+    }
+}
+
+fn logout_frame(e: &LogoutEvent) -> LogoutFrame {
+    let msg = protocol::LogoutMessage {
+        kind: "logout",
+        id: &e.id,
+        scope: e.scope.as_str(),
+        sub: e.sub.as_deref(),
+        sid: e.sid.as_deref(),
+        reason: &e.reason,
+        at: e.at_ms,
+    };
+    // Serializing a struct of strings and integers cannot fail.
+    let json = serde_json::to_string(&msg).expect("logout message serializes");
+    LogoutFrame {
+        event_id: e.id.clone(),
+        frame: codec::text_frame(&json),
+    }
+}

@@ -1,0 +1,148 @@
+//! Revocation state that must outlive a socket: logout watermarks.
+//!
+//! A watermark is the latest logout of a user or a session. Reads happen on
+//! every connect and must never wait, so the complete set is always held in
+//! memory ([`Watermarks`]); entries expire after the longest token lifetime
+//! the hub accepts, since no token older than that can still be valid.
+//!
+//! Must not: talk to sockets or decide revocation rules; it stores and answers.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::registry::{SessionKey, Target, UserKey};
+
+/// Whether a logout addressed a user or one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    Session,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Session => "session",
+        }
+    }
+}
+
+/// A logout that happened: what the socket protocol pushes and what a
+/// watermark remembers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogoutEvent {
+    pub id: String,
+    pub scope: Scope,
+    pub sub: Option<Arc<str>>,
+    pub sid: Option<Arc<str>>,
+    pub reason: String,
+    /// Milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
+impl LogoutEvent {
+    /// Tokens issued in this second or earlier are revoked by this event. A
+    /// token issued in the same second as the logout counts as issued before
+    /// it: JWT `iat` has one-second resolution, and when in doubt a logout wins.
+    pub fn revokes_iat(&self, iat: i64) -> bool {
+        iat <= self.at_ms.div_euclid(1000)
+    }
+}
+
+/// The in-memory set of watermarks.
+#[derive(Default)]
+pub struct Watermarks {
+    users: DashMap<UserKey, Arc<LogoutEvent>>,
+    sessions: DashMap<SessionKey, Arc<LogoutEvent>>,
+}
+
+impl Watermarks {
+    /// Records a logout; an older event never replaces a newer one.
+    pub fn record(&self, target: &Target, event: Arc<LogoutEvent>) {
+        match target {
+            Target::User(k) => raise(&self.users, k.clone(), event),
+            Target::Session(k) => raise(&self.sessions, k.clone(), event),
+        }
+    }
+
+    pub fn user(&self, key: &UserKey) -> Option<Arc<LogoutEvent>> {
+        self.users.get(key).map(|e| e.value().clone())
+    }
+
+    pub fn session(&self, key: &SessionKey) -> Option<Arc<LogoutEvent>> {
+        self.sessions.get(key).map(|e| e.value().clone())
+    }
+
+    /// Drops watermarks older than `ttl_ms`.
+    pub fn expire(&self, now_ms: i64, ttl_ms: i64) -> usize {
+        let before = self.users.len() + self.sessions.len();
+        self.users.retain(|_, e| now_ms - e.at_ms < ttl_ms);
+        self.sessions.retain(|_, e| now_ms - e.at_ms < ttl_ms);
+        before - (self.users.len() + self.sessions.len())
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len() + self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn raise<K: std::hash::Hash + Eq>(
+    map: &DashMap<K, Arc<LogoutEvent>>,
+    key: K,
+    event: Arc<LogoutEvent>,
+) {
+    map.entry(key)
+        .and_modify(|cur| {
+            if event.at_ms >= cur.at_ms {
+                *cur = event.clone();
+            }
+        })
+        .or_insert_with(|| event.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::IssuerId;
+
+    fn ev(at_ms: i64) -> Arc<LogoutEvent> {
+        Arc::new(LogoutEvent {
+            id: format!("e{at_ms}"),
+            scope: Scope::User,
+            sub: Some("alice".into()),
+            sid: None,
+            reason: "test".into(),
+            at_ms,
+        })
+    }
+
+    #[test]
+    fn same_second_counts_as_before() {
+        let e = ev(10_500);
+        assert!(e.revokes_iat(9));
+        assert!(e.revokes_iat(10));
+        assert!(!e.revokes_iat(11));
+    }
+
+    #[test]
+    fn watermarks_only_move_forward_and_expire() {
+        let w = Watermarks::default();
+        let key = UserKey {
+            iss: IssuerId(0),
+            sub: "alice".into(),
+        };
+        let t = Target::User(key.clone());
+        w.record(&t, ev(2000));
+        w.record(&t, ev(1000));
+        assert_eq!(w.user(&key).unwrap().at_ms, 2000);
+        assert_eq!(w.expire(2500, 1000), 0);
+        assert_eq!(w.expire(3500, 1000), 1);
+        assert!(w.is_empty());
+    }
+}

@@ -1,0 +1,149 @@
+//! Small shared helpers: clocks, randomness, identifiers and a token bucket.
+//! Nothing here knows about users, sessions or sockets.
+
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    (now_ms() / 1000) as u64
+}
+
+/// Cryptographically secure random bytes from the OS.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // SystemRandom fails only if the OS RNG is unavailable, and then nothing
+    // secure can be done at all: aborting is the right answer.
+    SystemRandom::new()
+        .fill(&mut out)
+        .expect("the operating system's random number generator failed");
+    out
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+pub fn random_id() -> String {
+    crate::auth::api_keys::hex(&random_bytes::<16>())
+}
+
+/// Writes a secret file readable by the owner only, atomically (temp file,
+/// fsync, rename), so a crash never leaves a half-written key.
+pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+/// Behind a std mutex: the critical section is a few arithmetic operations.
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            state: Mutex::new((burst.max(1) as f64, Instant::now())),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(st.1).as_secs_f64() * self.rate;
+        st.0 = (st.0 + refill).min(self.burst);
+        st.1 = now;
+        if st.0 >= 1.0 {
+            st.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// True when the bucket is full again (its owner may be forgotten).
+    pub fn is_idle(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 + st.1.elapsed().as_secs_f64() * self.rate >= self.burst
+    }
+}
+
+/// One token bucket per key (user, address), created on first use and
+/// forgotten once full again, so idle keys cost nothing.
+pub struct KeyedLimiter<K: std::hash::Hash + Eq> {
+    rate: u32,
+    burst: u32,
+    buckets: dashmap::DashMap<K, TokenBucket>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedLimiter<K> {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        KeyedLimiter {
+            rate,
+            burst,
+            buckets: dashmap::DashMap::new(),
+        }
+    }
+
+    pub fn try_take(&self, key: &K) -> bool {
+        if let Some(b) = self.buckets.get(key) {
+            return b.try_take();
+        }
+        self.buckets
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .try_take()
+    }
+
+    /// Drops buckets that have refilled completely.
+    pub fn forget_idle(&self) {
+        self.buckets.retain(|_, b| !b.is_idle());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_refuses() {
+        let b = TokenBucket::new(1, 3);
+        assert!(b.try_take() && b.try_take() && b.try_take());
+        assert!(!b.try_take());
+        assert!(!b.is_idle());
+    }
+
+    #[test]
+    fn ids_are_random_hex() {
+        let a = random_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, random_id());
+    }
+}

@@ -1,0 +1,252 @@
+//! One authenticated socket as the rest of the hub sees it.
+//!
+//! A `Conn` is shared between its socket task (which reads) and publishers
+//! (the fan-out, the heartbeat sweeper, shutdown), which write. A publisher
+//! writes a frame straight into the kernel with `try_write` when nothing is
+//! waiting — the common case — so delivering a logout wakes no task. Only
+//! when the kernel buffer is full does the rest go to `pending`, bounded by
+//! `ws.outbound_buffer_bytes`; past that the socket is cut off as a slow
+//! consumer and nobody else waits for it.
+//!
+//! Frames never interleave: every write, direct or deferred, happens under
+//! `out`'s lock. That lock is a std mutex because it is never held across an
+//! await; the critical section is one non-blocking syscall at most.
+//!
+//! Must not: parse input or decide policy (that is `socket` and `registry`).
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::error::CloseCode;
+use crate::registry::{SessionKey, UserKey};
+
+/// Slot value meaning "not in that registry index".
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// A logout as it goes over the wire: the event id (for acks) and the
+/// complete frame, built once and shared by every socket it reaches.
+#[derive(Debug)]
+pub struct LogoutFrame {
+    pub event_id: String,
+    pub frame: Vec<u8>,
+}
+
+/// Where the socket is in its life, as publishers need to know it.
+#[derive(Debug, Clone)]
+pub enum State {
+    Open,
+    /// A logout was delivered; the socket waits for the ack, then closes 4000.
+    LoggedOut(Arc<LogoutFrame>),
+    /// The hub decided to close with this code; the socket task does it.
+    Closing(CloseCode),
+}
+
+pub struct Outbox {
+    /// Bytes accepted for this socket but not yet taken by the kernel.
+    pub pending: Vec<u8>,
+    pub state: State,
+}
+
+pub struct Conn {
+    /// Unique within this process; shown to the client as `connection_id`.
+    pub id: u64,
+    pub stream: TcpStream,
+    out: Mutex<Outbox>,
+    /// Wakes the socket task: something is pending, or the state changed.
+    wake: Notify,
+    pub user: UserKey,
+    pub session: Option<SessionKey>,
+    /// The token's `iat` and `exp` (seconds since the epoch).
+    pub iat: i64,
+    pub exp: i64,
+    /// Positions in the registry's per-user and per-session vectors; changed
+    /// only under the lock of the registry entry they index.
+    pub user_slot: AtomicU32,
+    pub session_slot: AtomicU32,
+    /// Coarse clock (`Clock::now`) of the last frame received; read by the sweeper.
+    pub last_seen: AtomicU32,
+    out_limit: u32,
+}
+
+/// What happened to a frame handed to [`Conn::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written to the kernel or queued behind earlier bytes.
+    Yes,
+    /// Not sent: the socket is closing, broken or was just cut off.
+    No,
+}
+
+impl Conn {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        user: UserKey,
+        session: Option<SessionKey>,
+        iat: i64,
+        exp: i64,
+        out_limit: usize,
+        now: u32,
+    ) -> Conn {
+        Conn {
+            id,
+            stream,
+            out: Mutex::new(Outbox {
+                pending: Vec::new(),
+                state: State::Open,
+            }),
+            wake: Notify::new(),
+            user,
+            session,
+            iat,
+            exp,
+            user_slot: AtomicU32::new(NO_SLOT),
+            session_slot: AtomicU32::new(NO_SLOT),
+            last_seen: AtomicU32::new(now),
+            out_limit: out_limit.min(u32::MAX as usize) as u32,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Outbox> {
+        // A poisoned lock means a panic mid-write; the bytes are still
+        // consistent enough to close the socket, which is all that follows.
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until a publisher or the hub wants the socket task's attention.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Sends a frame if the socket is open (or logged out: pongs still flow).
+    pub fn send(&self, frame: &[u8]) -> Sent {
+        let mut out = self.lock();
+        if matches!(out.state, State::Closing(_)) {
+            return Sent::No;
+        }
+        self.write_locked(&mut out, frame)
+    }
+
+    /// Sends a frame only while the socket is still `Open`; used for `ready`,
+    /// so a logout that won the race is never followed by a `ready`.
+    pub fn send_if_open(&self, frame: &[u8]) -> Sent {
+        let mut out = self.lock();
+        if !matches!(out.state, State::Open) {
+            return Sent::No;
+        }
+        self.write_locked(&mut out, frame)
+    }
+
+    /// Delivers a logout once: the first logout wins, later ones are ignored.
+    pub fn deliver_logout(&self, logout: &Arc<LogoutFrame>) -> Sent {
+        let mut out = self.lock();
+        if !matches!(out.state, State::Open) {
+            return Sent::No;
+        }
+        out.state = State::LoggedOut(logout.clone());
+        let sent = self.write_locked(&mut out, &logout.frame);
+        drop(out);
+        // The socket task starts the ack grace period.
+        self.wake();
+        sent
+    }
+
+    /// Asks the socket task to close with `code`. A socket already logged out
+    /// closes with 4000 whatever the reason, so the client does not reconnect
+    /// with its revoked token; one already closing keeps its code.
+    pub fn close(&self, code: CloseCode) {
+        let mut out = self.lock();
+        out.state = match out.state {
+            State::Closing(_) => return,
+            State::LoggedOut(_) => State::Closing(CloseCode::LoggedOut),
+            State::Open => State::Closing(code),
+        };
+        drop(out);
+        self.wake();
+    }
+
+    /// The event this socket was logged out with, if any.
+    pub fn logged_out_with(&self) -> Option<Arc<LogoutFrame>> {
+        match &self.lock().state {
+            State::LoggedOut(f) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
+    fn write_locked(&self, out: &mut Outbox, frame: &[u8]) -> Sent {
+        if !out.pending.is_empty() {
+            if out.pending.len() + frame.len() > self.out_limit as usize {
+                out.state = State::Closing(CloseCode::SlowConsumer);
+                drop_pending(out);
+                self.wake();
+                return Sent::No;
+            }
+            out.pending.extend_from_slice(frame);
+            return Sent::Yes;
+        }
+        match self.stream.try_write(frame) {
+            Ok(n) if n == frame.len() => Sent::Yes,
+            Ok(n) => {
+                self.queue(out, &frame[n..]);
+                Sent::Yes
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.queue(out, frame);
+                Sent::Yes
+            }
+            Err(_) => {
+                // The peer is gone; the socket task notices on its next read.
+                out.state = State::Closing(CloseCode::InternalError);
+                self.wake();
+                Sent::No
+            }
+        }
+    }
+
+    fn queue(&self, out: &mut Outbox, rest: &[u8]) {
+        if rest.len() > self.out_limit as usize {
+            out.state = State::Closing(CloseCode::SlowConsumer);
+            self.wake();
+            return;
+        }
+        out.pending.extend_from_slice(rest);
+        // The socket task waits for writability and flushes.
+        self.wake();
+    }
+
+    /// Writes as much of `pending` as the kernel takes. Called by the socket
+    /// task when the stream is writable. Returns whether bytes remain.
+    pub fn flush(&self) -> io::Result<bool> {
+        let mut out = self.lock();
+        while !out.pending.is_empty() {
+            match self.stream.try_write(&out.pending) {
+                Ok(n) => {
+                    out.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        drop_pending(&mut out);
+        Ok(false)
+    }
+
+    pub fn touch(&self, now: u32) {
+        self.last_seen.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Frees the pending buffer's memory, not just its contents: an idle socket
+/// should own no buffer.
+fn drop_pending(out: &mut Outbox) {
+    out.pending = Vec::new();
+}

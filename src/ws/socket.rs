@@ -1,0 +1,561 @@
+//! The life of one `/v1/ws` socket, after the HTTP upgrade.
+//!
+//! 1. **Auth** (boxed, so its buffers and the token-verification future are
+//!    freed once it ends): the first message must be `auth` within
+//!    `ws.auth_timeout_ms`, else close 4401.
+//! 2. **Register, then check the watermark** (the order `revocation`'s race
+//!    argument relies on); send `ready` only if no logout got there first.
+//! 3. **Steady state**: the task sleeps in `readable()` / `woken()` holding no
+//!    read buffer; a read borrows a stack buffer inside a synchronous
+//!    function, and only an incomplete frame is kept on the heap.
+//! 4. **Logged out**: wait up to `ws.ack_grace_ms` for the `ack`, then 4000.
+//! 5. **Close**: send the close frame, wait briefly for the peer's, drop.
+//!
+//! Must not: hold a lock across an await, or let one socket's state grow
+//! without bound (partial frames are capped by the decoder's message limit).
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use super::codec::{self, Decoder, Flow, Message, Role};
+use super::conn::{Conn, LogoutFrame, Sent, State};
+use super::protocol::{self, ClientMessage};
+use crate::App;
+use crate::auth::Principal;
+use crate::error::{AuthError, CloseCode};
+use crate::registry::{SessionKey, UserKey};
+use crate::util;
+
+/// Read chunk (on the stack, never kept).
+const READ_CHUNK: usize = 4096;
+/// Reads per wake-up before yielding, so one fast sender cannot monopolise a worker.
+const READS_PER_WAKE: usize = 16;
+/// How long the close handshake may take before the socket is just dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a socket's life ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// The hub closes with this code.
+    Close(CloseCode),
+    /// The peer sent a close frame (with this code); we echo it.
+    PeerClosed(Option<u16>),
+    /// The connection is gone (EOF or I/O error): nothing to say.
+    Gone,
+}
+
+/// Runs a socket from the completed upgrade to its end. `early` holds bytes
+/// the client sent right behind the handshake.
+pub async fn run(app: Arc<App>, stream: TcpStream, early: Bytes) {
+    app.metrics.sockets_opened.inc();
+    let authed = Box::pin(authenticate(&app, &stream, early)).await;
+    let (principal, leftover) = match authed {
+        Ok(a) => a,
+        Err(exit) => {
+            record_exit(&app, exit);
+            if let Exit::Close(code) = exit {
+                let reason = code.reason();
+                let _ = close_stream(&stream, codec::close_frame(code.code(), reason)).await;
+            }
+            return;
+        }
+    };
+    let Principal {
+        issuer,
+        sub,
+        sid,
+        iat,
+        exp,
+        ..
+    } = principal;
+    let user = UserKey {
+        iss: issuer,
+        sub: sub.into(),
+    };
+    let session = sid.map(|sid| SessionKey {
+        iss: issuer,
+        sid: sid.into(),
+    });
+    let conn = Arc::new(Conn::new(
+        app.next_conn_id(),
+        stream,
+        user,
+        session,
+        iat,
+        exp,
+        app.config.ws.outbound_buffer_bytes,
+        util::now_secs() as u32,
+    ));
+    app.registry.register(&conn);
+    if app.shutdown.is_cancelled() {
+        // Registered after shutdown's sweep: close it like the others.
+        conn.close(CloseCode::ServiceRestart);
+    }
+    match app
+        .revocation
+        .revoked_token(iat, &conn.user, conn.session.as_ref())
+    {
+        Some(logout) => {
+            // A replayed logout: nobody counts its ack, so close at once.
+            conn.deliver_logout(&logout);
+            Box::pin(finish(&app, &conn, Exit::Close(CloseCode::LoggedOut))).await;
+            return;
+        }
+        None => {
+            let ready = protocol::ready_frame(
+                &conn.user.sub,
+                conn.session.as_ref().map(|s| &*s.sid),
+                conn.id,
+                app.config.ws.heartbeat_secs,
+            );
+            conn.send_if_open(&ready);
+        }
+    }
+    let mut reader = Reader::new(&app, leftover);
+    let exit = steady(&app, &conn, &mut reader).await;
+    Box::pin(finish(&app, &conn, exit)).await;
+}
+
+/// Waits for the `auth` message and verifies it. Returns the principal and
+/// any bytes received after the auth frame.
+async fn authenticate(
+    app: &App,
+    stream: &TcpStream,
+    early: Bytes,
+) -> Result<(Principal, Vec<u8>), Exit> {
+    let deadline = tokio::time::Instant::now() + app.config.auth_timeout();
+    let mut buf = early.to_vec();
+    let mut decoder = Decoder::new(Role::Server, app.config.ws.max_message_bytes);
+    loop {
+        let mut first: Option<Result<String, Exit>> = None;
+        let mut pongs: Vec<u8> = Vec::new();
+        let consumed = decoder
+            .decode(&mut buf, |m| match m {
+                Message::Text(t) => {
+                    first = Some(Ok(t.to_string()));
+                    Flow::Stop
+                }
+                Message::Binary(_) => {
+                    first = Some(Err(Exit::Close(CloseCode::UnsupportedData)));
+                    Flow::Stop
+                }
+                Message::Close(c) => {
+                    first = Some(Err(Exit::PeerClosed(c.map(|(code, _)| code))));
+                    Flow::Stop
+                }
+                Message::Ping(p) => {
+                    codec::encode_frame(&mut pongs, codec::OP_PONG, p, None);
+                    Flow::Continue
+                }
+                Message::Pong(_) => Flow::Continue,
+            })
+            .map_err(Exit::Close)?;
+        buf.drain(..consumed);
+        if !pongs.is_empty() {
+            write_all(stream, &pongs, deadline)
+                .await
+                .map_err(|_| Exit::Gone)?;
+        }
+        match first {
+            Some(Ok(text)) => return verify_auth(app, &text).await.map(|p| (p, buf)),
+            Some(Err(exit)) => return Err(exit),
+            None => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                app.metrics.auth_failure("ws", "deadline");
+                return Err(Exit::Close(CloseCode::Unauthorized));
+            }
+            _ = app.shutdown.cancelled() => return Err(Exit::Close(CloseCode::ServiceRestart)),
+            r = stream.readable() => r.map_err(|_| Exit::Gone)?,
+        }
+        let start = buf.len();
+        buf.resize(start + READ_CHUNK, 0);
+        match stream.try_read(&mut buf[start..]) {
+            Ok(0) => return Err(Exit::Gone),
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
+            Err(_) => return Err(Exit::Gone),
+        }
+    }
+}
+
+async fn verify_auth(app: &App, text: &str) -> Result<Principal, Exit> {
+    let token = match protocol::parse(text) {
+        Ok(ClientMessage::Auth { token }) => token,
+        _ => {
+            app.metrics.auth_failure("ws", "first_message_not_auth");
+            return Err(Exit::Close(CloseCode::BadProtocol));
+        }
+    };
+    app.auth.verify_token(&token).await.map_err(|e: AuthError| {
+        app.metrics.auth_failure("ws", e.reason());
+        tracing::debug!(reason = e.reason(), "socket auth refused");
+        Exit::Close(e.close_code())
+    })
+}
+
+/// The steady state: a registered socket that may receive a logout.
+async fn steady(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
+    loop {
+        let (want_write, state) = poll_state(conn);
+        match state {
+            Phase::Open => {}
+            Phase::LoggedOut => return Box::pin(logged_out(app, conn, reader)).await,
+            Phase::Closing(code) => return Exit::Close(code),
+        }
+        tokio::select! {
+            _ = conn.woken() => {}
+            r = conn.stream.readable() => {
+                if r.is_err() {
+                    return Exit::Gone;
+                }
+                if let Some(exit) = reader.on_readable(app, conn) {
+                    return exit;
+                }
+            }
+            r = conn.stream.writable(), if want_write => {
+                if r.is_err() || conn.flush().is_err() {
+                    return Exit::Gone;
+                }
+            }
+        }
+    }
+}
+
+/// After a logout: keep reading (for the ack) until the grace period ends.
+async fn logged_out(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
+    let grace = tokio::time::Instant::now() + Duration::from_millis(app.config.ws.ack_grace_ms);
+    loop {
+        let (want_write, state) = poll_state(conn);
+        if let Phase::Closing(code) = state {
+            return Exit::Close(code);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(grace) => return Exit::Close(CloseCode::LoggedOut),
+            _ = app.shutdown.cancelled() => return Exit::Close(CloseCode::LoggedOut),
+            _ = conn.woken() => {}
+            r = conn.stream.readable() => {
+                if r.is_err() {
+                    return Exit::Gone;
+                }
+                if let Some(exit) = reader.on_readable(app, conn) {
+                    return exit;
+                }
+            }
+            r = conn.stream.writable(), if want_write => {
+                if r.is_err() || conn.flush().is_err() {
+                    return Exit::Gone;
+                }
+            }
+        }
+    }
+}
+
+enum Phase {
+    Open,
+    LoggedOut,
+    Closing(CloseCode),
+}
+
+fn poll_state(conn: &Conn) -> (bool, Phase) {
+    let out = conn.lock();
+    let phase = match &out.state {
+        State::Open => Phase::Open,
+        State::LoggedOut(_) => Phase::LoggedOut,
+        State::Closing(code) => Phase::Closing(*code),
+    };
+    (!out.pending.is_empty(), phase)
+}
+
+/// Per-socket input state: the decoder, an incomplete frame if any, and the
+/// client's message budget.
+struct Reader {
+    decoder: Decoder,
+    /// Bytes of an incomplete frame; empty (and unallocated) between frames.
+    partial: Vec<u8>,
+    tokens: f32,
+    refilled: Instant,
+    errors: u32,
+}
+
+impl Reader {
+    fn new(app: &App, leftover: Vec<u8>) -> Reader {
+        Reader {
+            decoder: Decoder::new(Role::Server, app.config.ws.max_message_bytes),
+            partial: leftover,
+            tokens: app.config.ws.message_burst as f32,
+            refilled: Instant::now(),
+            errors: 0,
+        }
+    }
+
+    /// Reads everything available and handles it. `Some` ends the socket.
+    /// Synchronous on purpose: the read buffer lives on the stack of this
+    /// call, not in the socket's future.
+    fn on_readable(&mut self, app: &App, conn: &Conn) -> Option<Exit> {
+        conn.touch(util::now_secs() as u32);
+        if !self.partial.is_empty() {
+            // Bytes left from the auth phase or an earlier partial frame.
+            if let Some(exit) = self.drain_partial(app, conn) {
+                return Some(exit);
+            }
+        }
+        for _ in 0..READS_PER_WAKE {
+            let mut chunk = [0u8; READ_CHUNK];
+            let n = if self.partial.is_empty() {
+                match conn.stream.try_read(&mut chunk) {
+                    Ok(0) => return Some(Exit::Gone),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                    Err(_) => return Some(Exit::Gone),
+                }
+            } else {
+                // Mid-frame: read straight into the partial buffer.
+                let start = self.partial.len();
+                let want = self.decoder.needed(&self.partial).clamp(1, 64 * 1024);
+                self.partial.resize(start + want, 0);
+                match conn.stream.try_read(&mut self.partial[start..]) {
+                    Ok(0) => return Some(Exit::Gone),
+                    Ok(n) => {
+                        self.partial.truncate(start + n);
+                        if let Some(exit) = self.drain_partial(app, conn) {
+                            return Some(exit);
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.partial.truncate(start);
+                        return None;
+                    }
+                    Err(_) => return Some(Exit::Gone),
+                }
+            };
+            let mut exit = None;
+            let consumed = {
+                let (decoder, mut handler) = self.split();
+                match decoder.decode(&mut chunk[..n], |m| handler.handle(app, conn, m, &mut exit)) {
+                    Ok(c) => c,
+                    Err(code) => return Some(Exit::Close(code)),
+                }
+            };
+            if exit.is_some() {
+                return exit;
+            }
+            if consumed < n {
+                self.partial.extend_from_slice(&chunk[consumed..n]);
+            }
+        }
+        None
+    }
+
+    fn drain_partial(&mut self, app: &App, conn: &Conn) -> Option<Exit> {
+        let mut exit = None;
+        let mut partial = std::mem::take(&mut self.partial);
+        let consumed = {
+            let (decoder, mut handler) = self.split();
+            match decoder.decode(&mut partial, |m| handler.handle(app, conn, m, &mut exit)) {
+                Ok(c) => c,
+                Err(code) => return Some(Exit::Close(code)),
+            }
+        };
+        if consumed == partial.len() {
+            // Free the buffer: an idle socket keeps none.
+            self.partial = Vec::new();
+        } else {
+            partial.drain(..consumed);
+            self.partial = partial;
+        }
+        exit
+    }
+
+    fn split(&mut self) -> (&mut Decoder, Handler<'_>) {
+        (
+            &mut self.decoder,
+            Handler {
+                tokens: &mut self.tokens,
+                refilled: &mut self.refilled,
+                errors: &mut self.errors,
+            },
+        )
+    }
+}
+
+/// Message handling, split from the decoder so both can be borrowed at once.
+struct Handler<'a> {
+    tokens: &'a mut f32,
+    refilled: &'a mut Instant,
+    errors: &'a mut u32,
+}
+
+impl Handler<'_> {
+    fn handle(&mut self, app: &App, conn: &Conn, m: Message<'_>, exit: &mut Option<Exit>) -> Flow {
+        let result = match m {
+            Message::Text(t) => self.on_text(app, conn, t),
+            Message::Binary(_) => Some(Exit::Close(CloseCode::UnsupportedData)),
+            Message::Ping(_) if !self.take_token(app) => Some(Exit::Close(CloseCode::RateLimited)),
+            Message::Ping(p) => {
+                let mut pong = Vec::with_capacity(p.len() + 2);
+                codec::encode_frame(&mut pong, codec::OP_PONG, p, None);
+                conn.send(&pong);
+                None
+            }
+            Message::Pong(_) => None,
+            Message::Close(c) => Some(Exit::PeerClosed(c.map(|(code, _)| code))),
+        };
+        match result {
+            Some(e) => {
+                *exit = Some(e);
+                Flow::Stop
+            }
+            None => Flow::Continue,
+        }
+    }
+
+    /// The client's message budget (text and ping frames count).
+    fn take_token(&mut self, app: &App) -> bool {
+        let ws = &app.config.ws;
+        let now = Instant::now();
+        let refill =
+            now.duration_since(*self.refilled).as_secs_f32() * ws.max_messages_per_sec as f32;
+        *self.tokens = (*self.tokens + refill).min(ws.message_burst as f32);
+        *self.refilled = now;
+        if *self.tokens < 1.0 {
+            return false;
+        }
+        *self.tokens -= 1.0;
+        true
+    }
+
+    fn on_text(&mut self, app: &App, conn: &Conn, text: &str) -> Option<Exit> {
+        if !self.take_token(app) {
+            return Some(Exit::Close(CloseCode::RateLimited));
+        }
+        let ws = &app.config.ws;
+        let error = match protocol::parse(text) {
+            Ok(ClientMessage::Ack { id }) => {
+                let ours: Option<Arc<LogoutFrame>> = conn.logged_out_with();
+                match ours {
+                    Some(f) if f.event_id == id => {
+                        app.revocation.acked(&id);
+                        // The client has what it needs: close now, not at the end of the grace.
+                        return Some(Exit::Close(CloseCode::LoggedOut));
+                    }
+                    _ => (
+                        "unknown_event",
+                        "no logout with this id was sent on this socket",
+                    ),
+                }
+            }
+            Ok(ClientMessage::Ping) => {
+                conn.send(&codec::text_frame(protocol::PONG_JSON));
+                return None;
+            }
+            Ok(ClientMessage::Auth { .. }) => (
+                "already_authenticated",
+                "this socket is already authenticated",
+            ),
+            Err(e) => (e.code(), "the message was not understood"),
+        };
+        *self.errors += 1;
+        if *self.errors > ws.max_protocol_errors {
+            return Some(Exit::Close(CloseCode::BadProtocol));
+        }
+        if conn.send(&protocol::error_frame(error.0, error.1)) == Sent::No {
+            return Some(Exit::Gone);
+        }
+        None
+    }
+}
+
+/// Unregisters the socket and closes it as `exit` says.
+async fn finish(app: &App, conn: &Arc<Conn>, exit: Exit) {
+    app.registry.unregister(conn);
+    record_exit(app, exit);
+    if exit == Exit::Gone {
+        return;
+    }
+    if let Exit::Close(CloseCode::SlowConsumer) = exit {
+        app.metrics.slow_consumers.inc();
+    }
+    let frame = match exit {
+        Exit::Close(code) => codec::close_frame(code.code(), code.reason()),
+        // RFC 6455 §5.5.1: answer a close with a close, echoing the code.
+        Exit::PeerClosed(code) => match code {
+            Some(c) => codec::close_frame(c, ""),
+            None => {
+                let mut f = Vec::with_capacity(2);
+                codec::encode_frame(&mut f, codec::OP_CLOSE, &[], None);
+                f
+            }
+        },
+        Exit::Gone => unreachable!("handled above"),
+    };
+    let mut bytes = {
+        let mut out = conn.lock();
+        out.state = State::Closing(CloseCode::Normal);
+        std::mem::take(&mut out.pending)
+    };
+    // A slow consumer's backlog is not worth waiting for.
+    if matches!(exit, Exit::Close(CloseCode::SlowConsumer)) {
+        bytes.clear();
+    }
+    bytes.extend_from_slice(&frame);
+    let _ = close_stream(&conn.stream, bytes).await;
+}
+
+fn record_exit(app: &App, exit: Exit) {
+    match exit {
+        Exit::Close(code) => app.metrics.ws_close(code.code()),
+        Exit::PeerClosed(_) => app.metrics.ws_close(CloseCode::Normal.code()),
+        Exit::Gone => {}
+    }
+}
+
+/// Writes the last bytes (ending in a close frame), half-closes, and waits
+/// briefly for the peer to finish, so browsers see our close code rather than
+/// a reset.
+async fn close_stream(stream: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
+    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+    write_all(stream, &bytes, deadline).await?;
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 512];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+            r = stream.readable() => r?,
+        }
+        match stream.try_read(&mut sink) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_all(
+    stream: &TcpStream,
+    mut bytes: &[u8],
+    deadline: tokio::time::Instant,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "write deadline"));
+                    }
+                    r = stream.writable() => r?,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The binary as operators run it: dev mode flags, production config files,
+//! env overrides, exit code 2 for bad settings, SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_slo-hub");
+
+/// Runs the binary to completion (it must exit on its own: bad settings).
+fn run_failing(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("SLO_HUB_DATA_DIR", dir.path())
+        .env_remove("SLO_HUB_LISTEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn config_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slo-hub.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap().to_string();
+    (dir, p)
+}
+
+#[test]
+fn a_bad_config_value_exits_2_and_names_the_key() {
+    let cases = [
+        ("[ws]\nmax_message_bytes = 10\n", "ws.max_message_bytes"),
+        ("listen = 42\n", "listen"),
+        ("surprise = true\n", "surprise"),
+        (
+            "[[issuers]]\nissuer = \"https://x\"\naudiences = []\njwks_url = \"https://x/jwks\"\n",
+            "issuers[0].audiences",
+        ),
+        (
+            "[[api_keys]]\nname = \"b\"\nsha256 = \"abc\"\nscopes = []\n",
+            "api_keys[0].sha256",
+        ),
+    ];
+    for (text, key) in cases {
+        let (_dir, path) = config_file(text);
+        let (code, stderr) = run_failing(&["serve", "--config", &path], &[]);
+        assert_eq!(code, 2, "{text}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{text}: expected {key:?} in {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn env_overrides_are_validated_too() {
+    let (_dir, path) = config_file("");
+    let (code, stderr) = run_failing(
+        &["serve", "--config", &path],
+        &[("SLO_HUB_WS__MAX_MESSAGE_BYTES", "3")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("ws.max_message_bytes"), "{stderr}");
+    let (code, stderr) = run_failing(&[], &[("SLO_HUB_LISTEN", "not-an-address")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
+    let (code, stderr) = run_failing(&["serve", "--config", "/nonexistent/slo.toml"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--config"), "{stderr}");
+}
+
+/// A started hub process and the lines of its start banner.
+struct Running {
+    child: Child,
+    banner: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    fn start(args: &[&str], env: &[(&str, &str)], data_dir: &std::path::Path) -> Running {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("SLO_HUB_DATA_DIR", data_dir)
+            .env_remove("SLO_HUB_LISTEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            for line in BufReader::new(stderr).lines() {
+                s.push_str(&line.unwrap_or_default());
+                s.push('\n');
+            }
+            s
+        });
+        let mut banner = Vec::new();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let done = line.trim_start().starts_with("ready");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        // Keep the pipe open and drained, as a supervisor would.
+        std::thread::spawn(move || lines.for_each(drop));
+        assert!(!banner.is_empty(), "the hub printed nothing");
+        Running {
+            child,
+            banner,
+            stderr,
+        }
+    }
+
+    fn line(&self, prefix: &str) -> Option<String> {
+        self.banner
+            .iter()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .map(|l| l.split_whitespace().last().unwrap().to_string())
+    }
+
+    /// SIGTERM, then the exit code and everything logged.
+    fn terminate(mut self) -> (i32, String) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.code().unwrap_or(-1), self.stderr.join().unwrap())
+    }
+}
+
+/// Three consecutive free ports, so the demo apps can follow the hub's.
+fn free_port_run() -> u16 {
+    for _ in 0..50 {
+        let p = common::free_port();
+        if p > 65000 {
+            continue;
+        }
+        let all_free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok());
+        if all_free {
+            return p;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+#[test]
+fn dev_mode_listens_where_told_and_the_demo_ports_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port_run();
+    let hub = Running::start(&["--listen", &format!("127.0.0.1:{port}")], &[], dir.path());
+    assert_eq!(hub.line("hub").unwrap(), format!("http://127.0.0.1:{port}"));
+    assert_eq!(
+        hub.line("demo app-a").unwrap(),
+        format!("http://127.0.0.1:{}", port + 1)
+    );
+    assert_eq!(
+        hub.line("demo app-b").unwrap(),
+        format!("http://127.0.0.1:{}", port + 2)
+    );
+    let body = reqwest::blocking_get(&format!("http://127.0.0.1:{}/", port + 1));
+    assert!(body.contains("App A"), "{body}");
+    // The dev issuer key was created in the data dir and survives restarts.
+    assert!(dir.path().join("dev-issuer.ed25519.pk8").is_file());
+    let (code, log) = hub.terminate();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+}
+
+#[test]
+fn the_env_moves_the_hub_and_no_demo_turns_the_demo_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let hub = Running::start(
+        &["--no-demo"],
+        &[("SLO_HUB_LISTEN", &format!("127.0.0.1:{port}"))],
+        dir.path(),
+    );
+    assert_eq!(hub.line("hub").unwrap(), format!("http://127.0.0.1:{port}"));
+    assert!(hub.line("demo").is_none(), "{:?}", hub.banner);
+    assert_eq!(hub.terminate().0, 0);
+}
+
+#[test]
+fn production_mode_has_no_dev_issuer_unless_enabled_and_then_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let (_cfg_dir, path) = config_file(&format!("listen = \"127.0.0.1:{port}\"\n"));
+    let hub = Running::start(&["serve", "--config", &path], &[], dir.path());
+    let status = reqwest::blocking_post_status(&format!("http://127.0.0.1:{port}/dev/token"));
+    assert_eq!(status, 404);
+    assert!(hub.line("demo").is_none());
+    let (code, log) = hub.terminate();
+    assert_eq!(code, 0);
+    assert!(!log.contains("dev issuer is enabled"), "{log}");
+
+    let port = common::free_port();
+    let (_cfg_dir, path) = config_file(&format!(
+        "listen = \"127.0.0.1:{port}\"\n[dev]\nissuer = true\n"
+    ));
+    let hub = Running::start(&["serve", "--config", &path], &[], dir.path());
+    let status = reqwest::blocking_post_status(&format!("http://127.0.0.1:{port}/dev/token"));
+    assert_eq!(status, 200);
+    let (code, log) = hub.terminate();
+    assert_eq!(code, 0);
+    assert!(
+        log.contains("dev issuer is enabled in production mode"),
+        "{log}"
+    );
+}
+
+/// Tiny blocking HTTP helpers on a throwaway runtime (these tests are sync).
+mod reqwest {
+    pub fn blocking_get(url: &str) -> String {
+        rt().block_on(async {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    }
+
+    pub fn blocking_post_status(url: &str) -> u16 {
+        rt().block_on(async {
+            client()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(r#"{"sub":"alice"}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    }
+
+    fn client() -> ::reqwest::Client {
+        slo_hub::auth::crypto::install();
+        ::reqwest::Client::new()
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}

@@ -1,0 +1,534 @@
+//! The core hub, end to end over real sockets: fan-out, scopes, missed-logout
+//! recovery, every trigger status, every close code, Origin, deadlines, slow
+//! consumers, registry cleanup and shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn a_logout_reaches_every_socket_of_the_user_and_no_other() {
+    let hub = TestHub::start().await;
+    let alice_a = hub.token("alice", None).await;
+    let alice_b = hub.token("alice", None).await;
+    let bob = hub.token("bob", None).await;
+    let (mut a1, _) = hub.socket(&alice_a).await;
+    let (mut a2, _) = hub.socket(&alice_a).await;
+    let (mut a3, _) = hub.socket(&alice_b).await;
+    let (mut b1, _) = hub.socket(&bob).await;
+
+    let (status, body) = hub
+        .backend_logout(json!({"sub": "alice", "reason": "password changed"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matched"], 3);
+    assert_eq!(body["delivered"], 3);
+    let event_id = body["event_id"].as_str().unwrap().to_string();
+
+    for ws in [&mut a1, &mut a2, &mut a3] {
+        let m = ws.recv_json().await;
+        assert_eq!(m["type"], "logout");
+        assert_eq!(m["id"], event_id.as_str());
+        assert_eq!(m["scope"], "user");
+        assert_eq!(m["sub"], "alice");
+        assert_eq!(m["reason"], "password changed");
+        assert!(m["at"].as_i64().unwrap() > 0);
+        ws.send_json(json!({"type": "ack", "id": event_id})).await;
+        assert_eq!(ws.close_code().await, Some(4000));
+    }
+    // Bob is untouched: the next thing on his socket is the pong to our probe.
+    b1.assert_quiet().await;
+    assert_eq!(hub.app().registry.sizes(), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn a_user_token_logs_out_its_session_only_with_scope_session() {
+    let hub = TestHub::start().await;
+    let s1 = hub.token("alice", Some("s1")).await;
+    let s2 = hub.token("alice", Some("s2")).await;
+    let (mut a, _) = hub.socket(&s1).await;
+    let (mut b, _) = hub.socket(&s1).await;
+    let (mut other, _) = hub.socket(&s2).await;
+
+    let (status, body) = hub.logout(&s1, json!({"scope": "session"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matched"], 2);
+    for ws in [&mut a, &mut b] {
+        let m = ws.recv_json().await;
+        assert_eq!(m["type"], "logout");
+        assert_eq!(m["scope"], "session");
+        assert_eq!(m["sid"], "s1");
+    }
+    other.assert_quiet().await;
+
+    // And scope "user" (the default) reaches the other session too.
+    let (status, body) = hub.logout(&s2, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matched"], 1);
+    assert_eq!(other.recv_json().await["type"], "logout");
+}
+
+#[tokio::test]
+async fn a_backend_can_log_out_one_session_by_sid() {
+    let hub = TestHub::start().await;
+    let s1 = hub.token("alice", Some("s1")).await;
+    let s2 = hub.token("alice", Some("s2")).await;
+    let (mut a, _) = hub.socket(&s1).await;
+    let (mut b, _) = hub.socket(&s2).await;
+    let (status, body) = hub.backend_logout(json!({"sid": "s1"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matched"], 1);
+    assert_eq!(a.recv_json().await["sid"], "s1");
+    b.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn a_socket_that_missed_a_logout_is_logged_out_when_it_reconnects() {
+    let hub = TestHub::start().await;
+    let old = hub.token("alice", Some("s-old")).await;
+    // Nobody is connected when the logout happens.
+    let (status, body) = hub.backend_logout(json!({"sub": "alice"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["matched"], 0);
+    let event_id = body["event_id"].clone();
+
+    let mut ws = Ws::connect(&hub.ws_url, None).await.unwrap();
+    ws.send_json(json!({"type": "auth", "token": old})).await;
+    let m = ws.recv_json().await;
+    assert_eq!(m["type"], "logout", "{m}");
+    assert_eq!(m["id"], event_id);
+    assert_eq!(ws.close_code().await, Some(4000));
+
+    // A token minted after the logout works (the dev issuer waits for the next second).
+    let fresh = hub.token("alice", None).await;
+    let (mut ws, ready) = hub.socket(&fresh).await;
+    assert_eq!(ready["sub"], "alice");
+    ws.assert_quiet().await;
+
+    // A session-scoped logout is remembered per session.
+    let s = hub.token("bob", Some("bob-1")).await;
+    hub.backend_logout(json!({"sid": "bob-1"})).await;
+    let mut ws = Ws::connect(&hub.ws_url, None).await.unwrap();
+    ws.send_json(json!({"type": "auth", "token": s})).await;
+    assert_eq!(ws.recv_json().await["scope"], "session");
+    assert_eq!(ws.close_code().await, Some(4000));
+}
+
+#[tokio::test]
+async fn wait_for_acks_counts_the_acknowledgements() {
+    let hub = TestHub::start().await;
+    let t = hub.token("carol", None).await;
+    let (mut a, _) = hub.socket(&t).await;
+    let (mut b, _) = hub.socket(&t).await;
+    let acker = tokio::spawn(async move {
+        for ws in [&mut a, &mut b] {
+            let m = ws.recv_json().await;
+            ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+        }
+    });
+    let (status, body) = hub
+        .backend_logout(json!({"sub": "carol", "wait_for_acks_ms": 3000}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["delivered"], 2);
+    assert_eq!(body["acked"], 2, "{body}");
+    acker.await.unwrap();
+    assert_eq!(hub.metric("slo_hub_messages_acked_total").await, 2.0);
+}
+
+#[tokio::test]
+async fn trigger_errors_have_precise_statuses() {
+    let hub = TestHub::with(|c| {
+        c.limits.user_triggers_per_sec = 1;
+        c.limits.user_trigger_burst = 2;
+    })
+    .await;
+    let url = format!("{}/v1/logout", hub.url);
+    let alice = hub.token("alice", Some("s1")).await;
+
+    // 401: no credentials, a bad token, a bad API key; all with WWW-Authenticate.
+    let r = hub.http.post(&url).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "missing"
+    );
+    let (s, b) = hub.logout("a.b.c", json!({})).await;
+    assert_eq!((s, b["error"].as_str()), (401, Some("malformed")));
+    let (s, b) = hub.logout("slo_nope", json!({"sub": "x"})).await;
+    assert_eq!((s, b["error"].as_str()), (401, Some("bad_api_key")));
+    // A credential in the URL is refused even with a valid header.
+    let r = hub
+        .http
+        .post(format!("{url}?access_token=abc"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"sub": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // 403: a user token aiming at another user; an API key without the scope.
+    let (s, b) = hub.logout(&alice, json!({"sub": "bob"})).await;
+    assert_eq!((s, b["error"].as_str()), (403, Some("forbidden")));
+    let (s, b) = hub.logout(&alice, json!({"sid": "not-mine"})).await;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = hub.logout(WEAK_API_KEY, json!({"sub": "x"})).await;
+    assert_eq!((s, b["error"].as_str()), (403, Some("missing_scope")));
+
+    // 400: malformed JSON, unknown fields, bad scope, nothing named, wait too long.
+    let r = hub
+        .http
+        .post(&url)
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    for (body, why) in [
+        (json!({"sub": "x", "surprise": 1}), "unknown field"),
+        (json!({"sub": "x", "scope": "everything"}), "scope must be"),
+        (json!({}), "name the user"),
+        (
+            json!({"sub": "x", "wait_for_acks_ms": 60_000}),
+            "wait_for_acks_ms",
+        ),
+        (
+            json!({"sub": "x", "reason": "x".repeat(300)}),
+            "reason must be",
+        ),
+        (
+            json!({"sub": "x", "iss": "https://unknown.example"}),
+            "no issuer",
+        ),
+    ] {
+        let mut body = body;
+        if body.get("iss").is_none() {
+            body["iss"] = json!(hub.dev_iss());
+        }
+        let (s, b) = hub.logout(API_KEY, body.clone()).await;
+        assert_eq!(s, 400, "{body} -> {b}");
+        let msg = b["message"].as_str().unwrap();
+        assert!(msg.contains(why), "{body}: expected {why:?} in {msg:?}");
+    }
+    // With several issuers a backend must say which one.
+    let (s, b) = hub.logout(API_KEY, json!({"sub": "x"})).await;
+    assert_eq!(s, 400);
+    assert!(b["message"].as_str().unwrap().contains("several issuers"));
+
+    // 413 and 415.
+    let r = hub
+        .http
+        .post(&url)
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(format!("{{\"sub\":\"{}\"}}", "x".repeat(20_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = hub
+        .http
+        .post(&url)
+        .bearer_auth(API_KEY)
+        .header("content-type", "text/plain")
+        .body("sub=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    // 429: the user's trigger budget (burst 2) runs out.
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(hub.logout(&alice, json!({"scope": "session"})).await.0);
+        }
+        v
+    };
+    assert_eq!(statuses, vec![200, 200, 429]);
+
+    // Every refusal was counted.
+    assert!(
+        hub.metric("slo_hub_http_rejections_total{endpoint=\"logout\",error=\"forbidden\"}")
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        hub.metric("slo_hub_http_rejections_total{endpoint=\"logout\",error=\"rate_limited\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn socket_auth_failures_close_with_documented_codes() {
+    let hub = TestHub::start().await;
+    let cases = [
+        ("not a jwt", 4401),
+        (
+            &*hs256_token(
+                json!({"sub": "alice", "exp": slo_hub::util::now_secs() - 60, "iat": slo_hub::util::now_secs() - 120}),
+            ),
+            4403,
+        ),
+        (&*hs256_token(json!({"aud": "someone-else"})), 4401),
+        (&*hs256_token(json!({"iat": null})), 4401),
+    ];
+    for (token, code) in cases {
+        let mut ws = Ws::connect(&hub.ws_url, None).await.unwrap();
+        ws.send_json(json!({"type": "auth", "token": token})).await;
+        assert_eq!(ws.close_code().await, Some(code), "token {token}");
+    }
+    // A valid token of the HS256 issuer works.
+    let (mut ws, ready) = hub.socket(&hs256_token(json!({"sub": "dave"}))).await;
+    assert_eq!(ready["sub"], "dave");
+    ws.assert_quiet().await;
+    assert_eq!(
+        hub.metric("slo_hub_auth_failures_total{channel=\"ws\",reason=\"expired\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_documented_codes() {
+    let hub = TestHub::start().await;
+    let token = hub.token("alice", None).await;
+
+    // The first message must be auth: 4400.
+    let mut ws = Ws::connect(&hub.ws_url, None).await.unwrap();
+    ws.send_json(json!({"type": "ack", "id": "x"})).await;
+    assert_eq!(ws.close_code().await, Some(4400));
+
+    // Binary: 1003.
+    let (mut ws, _) = hub.socket(&token).await;
+    ws.send(Message::binary(vec![1, 2, 3])).await;
+    assert_eq!(ws.close_code().await, Some(1003));
+
+    // Over the size limit: 1009.
+    let (mut ws, _) = hub.socket(&token).await;
+    ws.send(Message::text("x".repeat(20_000))).await;
+    assert_eq!(ws.close_code().await, Some(1009));
+
+    // Malformed and unknown messages: an error frame each, then 4400 after the limit.
+    let (mut ws, _) = hub.socket(&token).await;
+    ws.send(Message::text("{nope")).await;
+    let e = ws.recv_json().await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_json"))
+    );
+    ws.send_json(json!({"type": "subscribe"})).await;
+    assert_eq!(ws.recv_json().await["code"], "unknown_type");
+    ws.send_json(json!({"type": "auth", "token": "again"}))
+        .await;
+    assert_eq!(ws.recv_json().await["code"], "already_authenticated");
+    for _ in 0..3 {
+        ws.send_json(json!({"type": "nope"})).await;
+    }
+    assert_eq!(ws.close_code().await, Some(4400));
+}
+
+#[tokio::test]
+async fn a_message_flood_is_closed_with_4429() {
+    let hub = TestHub::with(|c| {
+        c.ws.max_messages_per_sec = 5;
+        c.ws.message_burst = 5;
+    })
+    .await;
+    let token = hub.token("alice", None).await;
+    let (mut ws, _) = hub.socket(&token).await;
+    for _ in 0..20 {
+        ws.send_json(json!({"type": "ping"})).await;
+    }
+    assert_eq!(ws.close_code().await, Some(4429));
+}
+
+#[tokio::test]
+async fn sockets_that_never_authenticate_are_closed_at_the_deadline() {
+    let hub = TestHub::with(|c| c.ws.auth_timeout_ms = 300).await;
+    let started = Instant::now();
+    let mut ws = Ws::connect(&hub.ws_url, None).await.unwrap();
+    assert_eq!(ws.close_code().await, Some(4401));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        hub.metric("slo_hub_auth_failures_total{channel=\"ws\",reason=\"deadline\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_origin_is_checked_before_the_upgrade() {
+    let hub = TestHub::with(|c| {
+        c.ws.allowed_origins = vec!["https://app.example".into()];
+        c.ws.allow_missing_origin = false;
+    })
+    .await;
+    assert_eq!(
+        Ws::connect(&hub.ws_url, Some("https://evil.example"))
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        Ws::connect(&hub.ws_url, Some("null")).await.err(),
+        Some(403)
+    );
+    assert_eq!(Ws::connect(&hub.ws_url, None).await.err(), Some(403));
+    assert!(
+        Ws::connect(&hub.ws_url, Some("https://app.example"))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        hub.metric("slo_hub_upgrades_rejected_total{reason=\"origin_not_allowed\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_token_in_the_socket_url_is_refused() {
+    let hub = TestHub::start().await;
+    let token = hub.token("alice", None).await;
+    let url = format!("{}?token={token}", hub.ws_url);
+    assert_eq!(Ws::connect(&url, None).await.err(), Some(401));
+}
+
+#[tokio::test]
+async fn the_registry_is_empty_again_after_disconnects() {
+    let hub = TestHub::start().await;
+    let mut sockets = Vec::new();
+    for (user, sid) in [
+        ("a", "a1"),
+        ("a", "a1"),
+        ("a", "a2"),
+        ("b", "b1"),
+        ("c", "c1"),
+    ] {
+        let t = hub.token(user, Some(sid)).await;
+        sockets.push(hub.socket(&t).await.0);
+    }
+    assert_eq!(hub.app().registry.sizes(), (3, 4, 5));
+    assert_eq!(hub.metric("slo_hub_connections").await, 5.0);
+    for ws in sockets {
+        ws.close().await;
+    }
+    assert_eq!(hub.app().registry.sizes(), (0, 0, 0));
+    assert_eq!(hub.metric("slo_hub_connections").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_by_the_heartbeat() {
+    let hub = TestHub::with(|c| c.ws.heartbeat_secs = 1).await;
+    let token = hub.token("alice", None).await;
+    // A raw client that authenticates and then never answers pings.
+    let mut raw = RawClient::connect(&hub.url).await;
+    raw.send_text(&json!({"type": "auth", "token": token}).to_string())
+        .await;
+    let started = Instant::now();
+    let code = raw.read_until_close().await;
+    assert_eq!(code, Some(4408));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_and_others_still_get_their_logout() {
+    let hub = TestHub::with(|c| {
+        c.ws.outbound_buffer_bytes = 16 * 1024;
+        c.ws.max_messages_per_sec = 100_000;
+        c.ws.message_burst = 100_000;
+    })
+    .await;
+    let slow_token = hub.token("slow", None).await;
+    let normal_token = hub.token("normal", None).await;
+    let (mut normal, _) = hub.socket(&normal_token).await;
+
+    // The slow client asks for pongs (125-byte pings) and never reads them.
+    let mut slow = RawClient::connect_small_buffer(&hub.url).await;
+    slow.send_text(&json!({"type": "auth", "token": slow_token}).to_string())
+        .await;
+    let flood = tokio::spawn(async move {
+        let ping = RawClient::frame(0x9, &[7u8; 125]);
+        let burst: Vec<u8> = ping
+            .iter()
+            .copied()
+            .cycle()
+            .take(ping.len() * 512)
+            .collect();
+        // Stops when the hub cuts the connection.
+        for _ in 0..20_000 {
+            if slow.write(&burst).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    // Meanwhile a normal user's logout is delivered promptly.
+    let started = Instant::now();
+    let (status, body) = hub.backend_logout(json!({"sub": "normal"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["delivered"], 1);
+    assert_eq!(normal.recv_json().await["type"], "logout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    assert!(flood.await.unwrap(), "the slow consumer was never cut off");
+    assert_eq!(hub.metric("slo_hub_slow_consumers_total").await, 1.0);
+    assert_eq!(
+        hub.metric("slo_hub_ws_closed_total{code=\"4409\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1012() {
+    let hub = TestHub::start().await;
+    let token = hub.token("alice", None).await;
+    let (mut a, _) = hub.socket(&token).await;
+    let (mut b, _) = hub.socket(&token).await;
+    let closing = tokio::spawn(async move { (a.close_code().await, b.close_code().await) });
+    hub.shutdown().await;
+    assert_eq!(closing.await.unwrap(), (Some(1012), Some(1012)));
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let hub = TestHub::start().await;
+    let get = |p: &str| hub.http.get(format!("{}{p}", hub.url)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["ready"], true);
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    for name in [
+        "slo_hub_connections",
+        "slo_hub_messages_delivered_total",
+        "slo_hub_fanout_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    let js = get("/static/slo-client.js").await.unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(js.text().await.unwrap().contains("SloHub"));
+    let jwks: serde_json::Value = get("/.well-known/jwks.json")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(get("/nope").await.unwrap().status(), 404);
+}
