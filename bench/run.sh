@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"
 if [ ! -d bench/peers/node_modules ]; then
-  (cd bench/peers && npm ci --no-audit --no-fund)
+  # `npm ci` trips over the lock file's optional platform packages under
+  # npm 11; `npm install` still installs the locked versions.
+  (cd bench/peers && npm install --no-audit --no-fund)
 fi
 cargo build --release --bin slo-hub --bin slo-bench
 exec taskset -c 1 target/release/slo-bench "$@"

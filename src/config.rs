@@ -111,8 +111,10 @@ pub struct WsSettings {
     pub outbound_buffer_bytes: usize,
     /// Interval of server pings; a socket silent for two intervals is closed.
     pub heartbeat_secs: u64,
-    /// How long a logged-out socket stays open for the client's `ack` before it is closed.
-    pub ack_grace_ms: u64,
+    /// How long a logged-out socket stays open for the client's `ack` and a
+    /// new `auth` on the same connection, before it is closed with 4000.
+    /// 0: close as soon as the ack arrives (or after 5 s without one).
+    pub relogin_secs: u64,
     /// Sustained messages per second a client may send, and the burst above it.
     pub max_messages_per_sec: u32,
     pub message_burst: u32,
@@ -268,7 +270,7 @@ impl Config {
                 max_message_bytes: 16 * 1024,
                 outbound_buffer_bytes: 64 * 1024,
                 heartbeat_secs: 30,
-                ack_grace_ms: 5_000,
+                relogin_secs: 30,
                 max_messages_per_sec: 20,
                 message_burst: 40,
                 max_protocol_errors: 5,
@@ -383,6 +385,14 @@ impl Config {
         Duration::from_millis(self.ws.auth_timeout_ms)
     }
 
+    /// How long a logged-out socket stays open (see `ws.relogin_secs`).
+    pub fn relogin_window(&self) -> Duration {
+        match self.ws.relogin_secs {
+            0 => Duration::from_secs(5),
+            s => Duration::from_secs(s),
+        }
+    }
+
     /// Checks every rule that serde cannot express. The first violation wins.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.ws;
@@ -400,7 +410,7 @@ impl Config {
             16 << 20,
         )?;
         range("ws.heartbeat_secs", ws.heartbeat_secs, 1, 3600)?;
-        range("ws.ack_grace_ms", ws.ack_grace_ms, 0, 60_000)?;
+        range("ws.relogin_secs", ws.relogin_secs, 0, 3_600)?;
         range(
             "ws.max_messages_per_sec",
             ws.max_messages_per_sec as u64,

@@ -137,14 +137,16 @@ impl Hub {
             addr: config.listen,
             source,
         })?;
-        // Port 0 (tests) becomes the real port, so URLs and demo ports follow it.
+        // Demo ports follow the configured port; with port 0 (tests) they are
+        // ephemeral too, since the real port's neighbours may be taken.
+        let (demo_a, demo_b) = config.demo_ports();
+        // Port 0 becomes the real port, so URLs follow it.
         config.listen = addr;
         let public_url = config.public_url();
 
         let mut demo_listeners = Vec::new();
         if config.dev.demo {
-            let (pa, pb) = config.demo_ports();
-            for (demo, port) in demo::APPS.iter().zip([pa, pb]) {
+            for (demo, port) in demo::APPS.iter().zip([demo_a, demo_b]) {
                 let at = SocketAddr::new(addr.ip(), port);
                 let l = server::bind(at).map_err(|source| StartError::Bind { addr: at, source })?;
                 demo_listeners.push((demo, l));

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use mimalloc::MiMalloc;
 use slo_hub::Hub;
 use slo_hub::config::{Config, LogFormat, Mode, Overrides, StoreKind};
 
@@ -84,6 +85,11 @@ impl CommonArgs {
         }
     }
 }
+
+/// mimalloc instead of glibc's malloc: measured in bench/ (see README,
+/// Performance) for less memory per idle socket and a faster trigger path.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

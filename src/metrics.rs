@@ -30,6 +30,7 @@ pub struct Metrics {
     pub messages_acked: Counter,
     /// Sockets cut off because they did not read (outbound buffer full).
     pub slow_consumers: Counter,
+    pub relogins: Counter,
     /// Trigger received → last socket written, in seconds.
     pub fanout_latency: Histogram,
     /// Refused credentials, by where and why.
@@ -57,6 +58,7 @@ impl Metrics {
         let messages_delivered = Counter::default();
         let messages_acked = Counter::default();
         let slow_consumers = Counter::default();
+        let relogins = Counter::default();
         // 10 µs .. ~5 s.
         let fanout_latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 20));
         let auth_failures = Family::<Labels, Counter>::default();
@@ -94,6 +96,11 @@ impl Metrics {
             slow_consumers.clone(),
         );
         registry.register(
+            "relogins",
+            "Logged-out sockets that logged in again on the same connection",
+            relogins.clone(),
+        );
+        registry.register(
             "fanout_latency_seconds",
             "Time from receiving a logout to writing it to the last matching socket",
             fanout_latency.clone(),
@@ -126,6 +133,7 @@ impl Metrics {
             messages_delivered,
             messages_acked,
             slow_consumers,
+            relogins,
             fanout_latency,
             auth_failures,
             http_rejections,

@@ -6,7 +6,8 @@
  *     onLogout: (event) => { clearLocalSession(); location.assign("/") },
  *     onState: (state, detail) => console.log(state, detail),
  *   });
- *   // slo.close() stops watching (e.g. after the app's own logout).
+ *   // slo.close() stops watching (e.g. after the app's own logout);
+ *   // slo.login() after a pushed logout and a new login reuses the socket.
  *
  * What it does: opens one socket per tab, sends the token as the first message
  * (never in the URL), acknowledges logout pushes, reconnects with exponential
@@ -118,7 +119,8 @@
         this._state("connected", msg);
         break;
       case "logout":
-        // Ack first: the hub closes the socket as soon as it has the ack.
+        // Ack first. The hub keeps the socket open for a while
+        // (ws.relogin_secs) so login() can reuse it.
         try {
           ws.send(JSON.stringify({ type: "ack", id: msg.id }));
         } catch (e) {
@@ -212,6 +214,45 @@
     } catch (err) {
       console.error(err);
     }
+  };
+
+  /**
+   * After a logout, when the user has logged in again: authenticates with a
+   * fresh getToken() on the socket the hub kept open, or connects anew if it
+   * is gone.
+   */
+  SloClient.prototype.login = function () {
+    var self = this;
+    if (!this.loggedOut) return;
+    this.loggedOut = false;
+    this.stopped = false;
+    this.attempt = 0;
+    var ws = this.ws;
+    if (!ws || ws.readyState !== 1) {
+      this._open();
+      return;
+    }
+    this._state("connecting");
+    Promise.resolve()
+      .then(function () {
+        return self.getToken();
+      })
+      .then(
+        function (token) {
+          if (self.stopped) return;
+          if (!token) {
+            self._state("no-token");
+          } else if (self.ws === ws && ws.readyState === 1) {
+            ws.send(JSON.stringify({ type: "auth", token: token }));
+          } else {
+            self._open();
+          }
+        },
+        function (err) {
+          console.warn("slo-hub: getToken failed", err);
+          self._retry();
+        }
+      );
   };
 
   /** Stops watching: no reconnects, the socket is closed. */

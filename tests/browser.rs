@@ -102,6 +102,14 @@ async fn logging_out_in_app_a_logs_out_every_tab_of_app_b() {
     screenshot(&bob, "app-b-bob-still-logged-in").await;
     assert_eq!(hub.app().registry.sizes().2, 1, "only bob's socket is left");
 
+    // Alice logs in to app B again: the client logs in on the socket the hub
+    // kept open (a re-login, not a reconnect).
+    click(&alice, "[data-login=alice]").await;
+    wait_for_js(&alice, STATE, json!("in"), WAIT).await;
+    wait_for_js(&alice, CONN, json!("connected"), WAIT).await;
+    assert_eq!(hub.metric("slo_hub_relogins_total").await, 1.0);
+    assert_eq!(hub.app().registry.sizes().2, 2);
+
     alice.close().await.unwrap();
     bob.close().await.unwrap();
 }

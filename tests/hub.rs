@@ -38,11 +38,65 @@ async fn a_logout_reaches_every_socket_of_the_user_and_no_other() {
         assert_eq!(m["reason"], "password changed");
         assert!(m["at"].as_i64().unwrap() > 0);
         ws.send_json(json!({"type": "ack", "id": event_id})).await;
-        assert_eq!(ws.close_code().await, Some(4000));
+        // Logged out, but the connection stays for a re-login.
+        ws.assert_quiet().await;
     }
     // Bob is untouched: the next thing on his socket is the pong to our probe.
     b1.assert_quiet().await;
     assert_eq!(hub.app().registry.sizes(), (1, 1, 1));
+    assert_eq!(hub.metric("slo_hub_messages_acked_total").await, 3.0);
+}
+
+#[tokio::test]
+async fn a_logged_out_socket_logs_in_again_on_the_same_connection() {
+    let hub = TestHub::start().await;
+    let old = hub.token("alice", None).await;
+    let (mut ws, first) = hub.socket(&old).await;
+    let (status, body) = hub.backend_logout(json!({"sub": "alice"})).await;
+    assert_eq!(status, 200, "{body}");
+    let m = ws.recv_json().await;
+    assert_eq!(m["type"], "logout");
+    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    // Out of the registry: a second logout does not reach it.
+    assert_eq!(hub.app().registry.sizes(), (0, 0, 0));
+
+    // A fresh token logs in again over the same connection...
+    let new = hub.token("alice", None).await;
+    ws.send_json(json!({"type": "auth", "token": new})).await;
+    let ready = ws.recv_json().await;
+    assert_eq!(ready["type"], "ready", "{ready}");
+    assert_ne!(ready["connection_id"], first["connection_id"]);
+    assert_eq!(hub.app().registry.sizes(), (1, 1, 1));
+    assert_eq!(hub.metric("slo_hub_relogins_total").await, 1.0);
+    // ...and the next logout reaches it.
+    let (_, body) = hub.backend_logout(json!({"sub": "alice"})).await;
+    assert_eq!(body["delivered"], 1);
+    assert_eq!(ws.recv_json().await["type"], "logout");
+
+    // The revoked token cannot come back the same way: 4000 at once.
+    ws.send_json(json!({"type": "auth", "token": old})).await;
+    assert_eq!(ws.close_code().await, Some(4000));
+    assert_eq!(hub.app().registry.sizes(), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_logged_out_socket_is_closed_when_the_relogin_window_ends() {
+    let hub = TestHub::with(|c| c.ws.relogin_secs = 1).await;
+    let token = hub.token("alice", None).await;
+    let (mut ws, _) = hub.socket(&token).await;
+    hub.backend_logout(json!({"sub": "alice"})).await;
+    let m = ws.recv_json().await;
+    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    assert_eq!(ws.close_code().await, Some(4000));
+
+    // Without a window, the ack itself ends the socket.
+    let hub = TestHub::with(|c| c.ws.relogin_secs = 0).await;
+    let token = hub.token("bob", None).await;
+    let (mut ws, _) = hub.socket(&token).await;
+    hub.backend_logout(json!({"sub": "bob"})).await;
+    let m = ws.recv_json().await;
+    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    assert_eq!(ws.close_code().await, Some(4000));
 }
 
 #[tokio::test]

@@ -20,8 +20,9 @@ const server = http.createServer((req, res) => {
     const members = io.sockets.adapter.rooms.get(room);
     const n = members ? members.size : 0;
     if (n > 0) io.to(room).emit("logout", { type: "logout", id: String(++seq), user });
-    res.writeHead(200, { "content-type": "application/json" });
-    res.end(JSON.stringify({ delivered: n }));
+    const body = JSON.stringify({ delivered: n });
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+    res.end(body);
   });
 });
 server.keepAliveTimeout = 120000;

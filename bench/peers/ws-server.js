@@ -28,8 +28,9 @@ const server = http.createServer((req, res) => {
         n++;
       }
     }
-    res.writeHead(200, { "content-type": "application/json" });
-    res.end(JSON.stringify({ delivered: n }));
+    const body = JSON.stringify({ delivered: n });
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+    res.end(body);
   });
 });
 server.keepAliveTimeout = 120000;

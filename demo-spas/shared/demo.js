@@ -49,6 +49,12 @@
     }
     var c = claims(token);
     render(c.sub, "session " + (c.sid || "?"));
+    if (client && client.state === "logged-out") {
+      // Logged out by a push, now logged in again: the hub kept the socket,
+      // so log in on it instead of reconnecting.
+      client.login();
+      return;
+    }
     client = SloHub.connect({
       url: cfg.wsUrl,
       getToken: function () { return localStorage.getItem(KEY); },
@@ -58,7 +64,6 @@
       },
       onLogout: function (event) {
         localStorage.removeItem(KEY);
-        client = null;
         log("logout pushed: " + (event.reason || "") + (event.id ? " (event " + event.id.slice(0, 8) + ")" : ""));
         render(null, "Logged out by the hub: " + (event.reason || "logout"));
       },

@@ -240,6 +240,12 @@ impl Conn {
         Ok(false)
     }
 
+    /// Takes the stream back, with any bytes still waiting to be written.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        let out = self.out.into_inner().unwrap_or_else(|e| e.into_inner());
+        (self.stream, out.pending)
+    }
+
     pub fn touch(&self, now: u32) {
         self.last_seen.store(now, Ordering::Relaxed);
     }

@@ -76,25 +76,52 @@ pub struct LogoutMessage<'a> {
     pub at: i64,
 }
 
+/// Frames are structs, not `json!` maps: serde_json's maps sort their keys,
+/// and clients may rely on `type` coming first (the docs show it so).
+#[derive(Serialize)]
+struct ReadyMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sub: &'a str,
+    sid: Option<&'a str>,
+    connection_id: String,
+    heartbeat_secs: u64,
+}
+
+#[derive(Serialize)]
+struct ErrorMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'a str,
+    message: &'a str,
+}
+
+fn frame(msg: &impl Serialize) -> Vec<u8> {
+    // Serializing these plain structs cannot fail.
+    codec::text_frame(&serde_json::to_string(msg).unwrap_or_default())
+}
+
 pub fn ready_frame(
     sub: &str,
     sid: Option<&str>,
     connection_id: u64,
     heartbeat_secs: u64,
 ) -> Vec<u8> {
-    let json = serde_json::json!({
-        "type": "ready",
-        "sub": sub,
-        "sid": sid,
-        "connection_id": connection_id.to_string(),
-        "heartbeat_secs": heartbeat_secs,
-    });
-    codec::text_frame(&json.to_string())
+    frame(&ReadyMessage {
+        kind: "ready",
+        sub,
+        sid,
+        connection_id: connection_id.to_string(),
+        heartbeat_secs,
+    })
 }
 
 pub fn error_frame(code: &str, message: &str) -> Vec<u8> {
-    let json = serde_json::json!({"type": "error", "code": code, "message": message});
-    codec::text_frame(&json.to_string())
+    frame(&ErrorMessage {
+        kind: "error",
+        code,
+        message,
+    })
 }
 
 pub const PONG_JSON: &str = r#"{"type":"pong"}"#;
@@ -118,6 +145,22 @@ mod tests {
         // Escapes force an owned string; still fine.
         assert!(
             matches!(parse(r#"{"type":"ack","id":"e\u0031"}"#), Ok(ClientMessage::Ack { id }) if id == "e1")
+        );
+    }
+
+    #[test]
+    fn frames_start_with_their_type() {
+        let ready = ready_frame("alice", Some("s1"), 7, 30);
+        let text = std::str::from_utf8(&ready[2..]).unwrap();
+        assert!(
+            text.starts_with(r#"{"type":"ready","sub":"alice""#),
+            "{text}"
+        );
+        let err = error_frame("bad_json", "no");
+        assert!(
+            std::str::from_utf8(&err[2..])
+                .unwrap()
+                .starts_with(r#"{"type":"error""#)
         );
     }
 

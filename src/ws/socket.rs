@@ -8,7 +8,10 @@
 //! 3. **Steady state**: the task sleeps in `readable()` / `woken()` holding no
 //!    read buffer; a read borrows a stack buffer inside a synchronous
 //!    function, and only an incomplete frame is kept on the heap.
-//! 4. **Logged out**: wait up to `ws.ack_grace_ms` for the `ack`, then 4000.
+//! 4. **Logged out**: the socket is out of the registry; it counts the `ack`
+//!    and stays open for `ws.relogin_secs`, so the SPA can log in again and
+//!    send a new `auth` on the same connection (back to 1) — no reconnect and
+//!    no TCP teardown per logout. After that, close 4000.
 //! 5. **Close**: send the close frame, wait briefly for the peer's, drop.
 //!
 //! Must not: hold a lock across an await, or let one socket's state grow
@@ -34,12 +37,17 @@ use crate::util;
 const READ_CHUNK: usize = 4096;
 /// Reads per wake-up before yielding, so one fast sender cannot monopolise a worker.
 const READS_PER_WAKE: usize = 16;
+/// Yields `reclaim` waits for other holders of a connection to let go.
+const RECLAIM_TRIES: usize = 100;
 /// How long the close handshake may take before the socket is just dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How a socket's life ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a socket's life (or its current login) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Exit {
+    /// A logged-out socket sent a new `auth` (this text): log in again on
+    /// the same connection instead of reconnecting.
+    Relogin(Box<str>),
     /// The hub closes with this code.
     Close(CloseCode),
     /// The peer sent a close frame (with this code); we echo it.
@@ -50,20 +58,114 @@ enum Exit {
 
 /// Runs a socket from the completed upgrade to its end. `early` holds bytes
 /// the client sent right behind the handshake.
+///
+/// Every phase but the steady one runs in a box of its own, created in a
+/// statement before its `.await`: rustc keeps an `.await` statement's
+/// temporaries in the caller's state, so `Box::pin(f()).await` would still
+/// reserve room for `f`'s whole future in every idle socket.
 pub async fn run(app: Arc<App>, stream: TcpStream, early: Bytes) {
     app.metrics.sockets_opened.inc();
-    let authed = Box::pin(authenticate(&app, &stream, early)).await;
-    let (principal, leftover) = match authed {
-        Ok(a) => a,
-        Err(exit) => {
-            record_exit(&app, exit);
-            if let Exit::Close(code) = exit {
-                let reason = code.reason();
-                let _ = close_stream(&stream, codec::close_frame(code.code(), reason)).await;
+    let mut stream = stream;
+    // `early` may be a slice of hyper's whole read buffer: copy the few
+    // bytes out and let the buffer go now, not when the socket ends.
+    let mut start = Start::Fresh(early.to_vec());
+    drop(early);
+    loop {
+        let authed = match start {
+            Start::Fresh(buf) => {
+                let auth = Box::pin(authenticate(&app, &stream, buf));
+                auth.await
             }
-            return;
+            Start::Relogin(text, leftover) => {
+                let auth = Box::pin(verify_auth(&app, &text));
+                auth.await.map(|p| (p, leftover))
+            }
+        };
+        let (principal, leftover) = match authed {
+            Ok(a) => a,
+            Err(exit) => {
+                record_exit(&app, &exit);
+                if let Exit::Close(code) = exit {
+                    let frame = codec::close_frame(code.code(), code.reason());
+                    let close = Box::pin(close_stream(&stream, frame));
+                    let _ = close.await;
+                }
+                return;
+            }
+        };
+        let conn = Arc::new(new_conn(&app, stream, principal));
+        let login = Box::pin(live(&app, &conn, leftover));
+        let (exit, leftover) = login.await;
+        let exit = match exit {
+            Exit::Relogin(text) => {
+                app.metrics.relogins.inc();
+                let reclaimed = Box::pin(reclaim(&app, conn));
+                match reclaimed.await {
+                    Reclaimed::Stream(s) => {
+                        stream = s;
+                        start = Start::Relogin(text, leftover);
+                        continue;
+                    }
+                    Reclaimed::Busy(conn) => {
+                        let close =
+                            Box::pin(finish(&app, &conn, Exit::Close(CloseCode::LoggedOut)));
+                        close.await;
+                        return;
+                    }
+                    Reclaimed::Gone => return,
+                }
+            }
+            exit => exit,
+        };
+        let close = Box::pin(finish(&app, &conn, exit));
+        close.await;
+        return;
+    }
+}
+
+enum Reclaimed {
+    Stream(TcpStream),
+    /// Someone still holds the connection; close it instead.
+    Busy(Arc<Conn>),
+    Gone,
+}
+
+/// Takes the stream back from a logged-out connection for the next login.
+/// Publishers and the heartbeat sweeper hold a connection only for the
+/// length of one write, so the wait is a few yields at most.
+async fn reclaim(app: &App, conn: Arc<Conn>) -> Reclaimed {
+    app.registry.unregister(&conn);
+    let mut conn = conn;
+    for _ in 0..RECLAIM_TRIES {
+        match Arc::try_unwrap(conn) {
+            Ok(c) => {
+                let (stream, pending) = c.into_parts();
+                if !pending.is_empty() {
+                    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+                    if write_all(&stream, &pending, deadline).await.is_err() {
+                        return Reclaimed::Gone;
+                    }
+                }
+                return Reclaimed::Stream(stream);
+            }
+            Err(c) => {
+                conn = c;
+                tokio::task::yield_now().await;
+            }
         }
-    };
+    }
+    Reclaimed::Busy(conn)
+}
+
+/// How a login on a socket begins.
+enum Start {
+    /// A new connection: bytes the client sent right behind the handshake.
+    Fresh(Vec<u8>),
+    /// A logged-out socket's new `auth` text, and the bytes that followed it.
+    Relogin(Box<str>, Vec<u8>),
+}
+
+fn new_conn(app: &App, stream: TcpStream, principal: Principal) -> Conn {
     let Principal {
         issuer,
         sub,
@@ -80,7 +182,7 @@ pub async fn run(app: Arc<App>, stream: TcpStream, early: Bytes) {
         iss: issuer,
         sid: sid.into(),
     });
-    let conn = Arc::new(Conn::new(
+    Conn::new(
         app.next_conn_id(),
         stream,
         user,
@@ -89,35 +191,36 @@ pub async fn run(app: Arc<App>, stream: TcpStream, early: Bytes) {
         exp,
         app.config.ws.outbound_buffer_bytes,
         util::now_secs() as u32,
-    ));
-    app.registry.register(&conn);
+    )
+}
+
+/// One login's life: register, check the watermark, say `ready`, serve until
+/// the socket ends or logs in again.
+async fn live(app: &App, conn: &Arc<Conn>, leftover: Vec<u8>) -> (Exit, Vec<u8>) {
+    app.registry.register(conn);
     if app.shutdown.is_cancelled() {
         // Registered after shutdown's sweep: close it like the others.
         conn.close(CloseCode::ServiceRestart);
     }
-    match app
+    if let Some(logout) = app
         .revocation
-        .revoked_token(iat, &conn.user, conn.session.as_ref())
+        .revoked_token(conn.iat, &conn.user, conn.session.as_ref())
     {
-        Some(logout) => {
-            // A replayed logout: nobody counts its ack, so close at once.
-            conn.deliver_logout(&logout);
-            Box::pin(finish(&app, &conn, Exit::Close(CloseCode::LoggedOut))).await;
-            return;
-        }
-        None => {
-            let ready = protocol::ready_frame(
-                &conn.user.sub,
-                conn.session.as_ref().map(|s| &*s.sid),
-                conn.id,
-                app.config.ws.heartbeat_secs,
-            );
-            conn.send_if_open(&ready);
-        }
+        // A replayed logout: nobody counts its ack, so close at once.
+        conn.deliver_logout(&logout);
+        return (Exit::Close(CloseCode::LoggedOut), Vec::new());
     }
-    let mut reader = Reader::new(&app, leftover);
-    let exit = steady(&app, &conn, &mut reader).await;
-    Box::pin(finish(&app, &conn, exit)).await;
+    let ready = protocol::ready_frame(
+        &conn.user.sub,
+        conn.session.as_ref().map(|s| &*s.sid),
+        conn.id,
+        app.config.ws.heartbeat_secs,
+    );
+    conn.send_if_open(&ready);
+    let mut reader = Reader::new(app, leftover);
+    let exit = steady(app, conn, &mut reader).await;
+    // Bytes behind a new auth belong to the next login.
+    (exit, std::mem::take(&mut reader.partial))
 }
 
 /// Waits for the `auth` message and verifies it. Returns the principal and
@@ -125,10 +228,10 @@ pub async fn run(app: Arc<App>, stream: TcpStream, early: Bytes) {
 async fn authenticate(
     app: &App,
     stream: &TcpStream,
-    early: Bytes,
+    early: Vec<u8>,
 ) -> Result<(Principal, Vec<u8>), Exit> {
     let deadline = tokio::time::Instant::now() + app.config.auth_timeout();
-    let mut buf = early.to_vec();
+    let mut buf = early;
     let mut decoder = Decoder::new(Role::Server, app.config.ws.max_message_bytes);
     loop {
         let mut first: Option<Result<String, Exit>> = None;
@@ -161,7 +264,17 @@ async fn authenticate(
                 .map_err(|_| Exit::Gone)?;
         }
         match first {
-            Some(Ok(text)) => return verify_auth(app, &text).await.map(|p| (p, buf)),
+            Some(Ok(text)) => {
+                // Keep only what follows the auth frame, in a buffer of its
+                // own size: the read chunk's capacity must not outlive auth.
+                let leftover = if buf.is_empty() {
+                    Vec::new()
+                } else {
+                    buf.clone()
+                };
+                drop(buf);
+                return verify_auth(app, &text).await.map(|p| (p, leftover));
+            }
             Some(Err(exit)) => return Err(exit),
             None => {}
         }
@@ -205,7 +318,10 @@ async fn steady(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
         let (want_write, state) = poll_state(conn);
         match state {
             Phase::Open => {}
-            Phase::LoggedOut => return Box::pin(logged_out(app, conn, reader)).await,
+            Phase::LoggedOut => {
+                let rest = Box::pin(logged_out(app, conn, reader));
+                return rest.await;
+            }
             Phase::Closing(code) => return Exit::Close(code),
         }
         tokio::select! {
@@ -227,9 +343,10 @@ async fn steady(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
     }
 }
 
-/// After a logout: keep reading (for the ack) until the grace period ends.
+/// After a logout: keep reading (the ack, a new `auth`) until the re-login
+/// window ends.
 async fn logged_out(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
-    let grace = tokio::time::Instant::now() + Duration::from_millis(app.config.ws.ack_grace_ms);
+    let grace = tokio::time::Instant::now() + app.config.relogin_window();
     loop {
         let (want_write, state) = poll_state(conn);
         if let Phase::Closing(code) = state {
@@ -281,6 +398,8 @@ struct Reader {
     tokens: f32,
     refilled: Instant,
     errors: u32,
+    /// Whether the logout's ack came (each is counted once).
+    acked: bool,
 }
 
 impl Reader {
@@ -291,6 +410,7 @@ impl Reader {
             tokens: app.config.ws.message_burst as f32,
             refilled: Instant::now(),
             errors: 0,
+            acked: false,
         }
     }
 
@@ -343,8 +463,12 @@ impl Reader {
                     Err(code) => return Some(Exit::Close(code)),
                 }
             };
-            if exit.is_some() {
-                return exit;
+            if let Some(exit) = exit {
+                if matches!(exit, Exit::Relogin(_)) {
+                    // The next login reads what followed its auth.
+                    self.partial.extend_from_slice(&chunk[consumed..n]);
+                }
+                return Some(exit);
             }
             if consumed < n {
                 self.partial.extend_from_slice(&chunk[consumed..n]);
@@ -377,6 +501,7 @@ impl Reader {
         (
             &mut self.decoder,
             Handler {
+                acked: &mut self.acked,
                 tokens: &mut self.tokens,
                 refilled: &mut self.refilled,
                 errors: &mut self.errors,
@@ -387,6 +512,7 @@ impl Reader {
 
 /// Message handling, split from the decoder so both can be borrowed at once.
 struct Handler<'a> {
+    acked: &'a mut bool,
     tokens: &'a mut f32,
     refilled: &'a mut Instant,
     errors: &'a mut u32,
@@ -440,16 +566,25 @@ impl Handler<'_> {
             Ok(ClientMessage::Ack { id }) => {
                 let ours: Option<Arc<LogoutFrame>> = conn.logged_out_with();
                 match ours {
-                    Some(f) if f.event_id == id => {
+                    Some(f) if f.event_id == id && !*self.acked => {
+                        *self.acked = true;
                         app.revocation.acked(&id);
-                        // The client has what it needs: close now, not at the end of the grace.
-                        return Some(Exit::Close(CloseCode::LoggedOut));
+                        if ws.relogin_secs == 0 {
+                            // No re-login window: the client has what it needs.
+                            return Some(Exit::Close(CloseCode::LoggedOut));
+                        }
+                        return None;
                     }
                     _ => (
                         "unknown_event",
                         "no logout with this id was sent on this socket",
                     ),
                 }
+            }
+            Ok(ClientMessage::Auth { .. })
+                if ws.relogin_secs > 0 && conn.logged_out_with().is_some() =>
+            {
+                return Some(Exit::Relogin(text.into()));
             }
             Ok(ClientMessage::Ping) => {
                 conn.send(&codec::text_frame(protocol::PONG_JSON));
@@ -475,7 +610,7 @@ impl Handler<'_> {
 /// Unregisters the socket and closes it as `exit` says.
 async fn finish(app: &App, conn: &Arc<Conn>, exit: Exit) {
     app.registry.unregister(conn);
-    record_exit(app, exit);
+    record_exit(app, &exit);
     if exit == Exit::Gone {
         return;
     }
@@ -494,6 +629,11 @@ async fn finish(app: &App, conn: &Arc<Conn>, exit: Exit) {
             }
         },
         Exit::Gone => unreachable!("handled above"),
+        // `run` turns a re-login into a new login, never into a finish; if
+        // one got here, closing as logged out is the safe answer.
+        Exit::Relogin(_) => {
+            codec::close_frame(CloseCode::LoggedOut.code(), CloseCode::LoggedOut.reason())
+        }
     };
     let mut bytes = {
         let mut out = conn.lock();
@@ -508,11 +648,11 @@ async fn finish(app: &App, conn: &Arc<Conn>, exit: Exit) {
     let _ = close_stream(&conn.stream, bytes).await;
 }
 
-fn record_exit(app: &App, exit: Exit) {
+fn record_exit(app: &App, exit: &Exit) {
     match exit {
         Exit::Close(code) => app.metrics.ws_close(code.code()),
         Exit::PeerClosed(_) => app.metrics.ws_close(CloseCode::Normal.code()),
-        Exit::Gone => {}
+        Exit::Gone | Exit::Relogin(_) => {}
     }
 }
 

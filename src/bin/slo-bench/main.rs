@@ -220,6 +220,7 @@ async fn run_rep(
     // 1. Connect, then idle memory.
     let board = Board::new(users.len(), true);
     let rss0 = server.rss_kib();
+    let fds0 = server.fds();
     let started = Instant::now();
     let slots: Vec<(usize, &str, &str)> = (0..users.len())
         .flat_map(|u| (0..opts.tabs).map(move |_| u))
@@ -295,6 +296,7 @@ async fn run_rep(
     for h in readers {
         h.abort();
     }
+    server.settle(fds0).await;
 
     eprintln!("   broadcast");
     // 4. Broadcast: every socket belongs to one user.
@@ -329,6 +331,7 @@ async fn run_rep(
     for h in readers {
         h.abort();
     }
+    server.settle(fds0).await;
 
     // 5. Triggers authenticated by the users' own JWTs (slo-hub only).
     eprintln!("   authenticated triggers");

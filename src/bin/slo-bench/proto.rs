@@ -238,7 +238,7 @@ pub async fn connect(kind: Kind, addr: SocketAddr, user: &str, token: &str) -> i
         Kind::SloHub => {
             s.send(&format!(r#"{{"type":"auth","token":"{token}"}}"#))
                 .await?;
-            s.expect(|t| t.starts_with(r#"{"type":"ready""#)).await?;
+            s.expect(|t| t.contains(r#""type":"ready""#)).await?;
         }
         Kind::Ws | Kind::Uws => {
             s.send(&format!(r#"{{"type":"auth","token":"{user}"}}"#))

@@ -126,6 +126,23 @@ impl Server {
             .sum()
     }
 
+    /// Open file descriptors of the server.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the server has let go of the sockets of a finished phase
+    /// (its descriptor count is back near `baseline`), so their teardown is
+    /// not billed to the next phase.
+    pub async fn settle(&self, baseline: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.fds() > baseline + 16 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
