@@ -292,5 +292,6 @@ async fn maintenance(app: Arc<App>) {
             tracing::debug!(expired, "watermarks expired");
         }
         app.user_trigger_limits.forget_idle();
+        app.auth.expire_cache();
     }
 }

@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod dev_issuer;
 mod jwks;
 pub mod jwt;
+mod verified;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct Authenticator {
     api_keys: ApiKeys,
     max_lifetime: u64,
     http: reqwest::Client,
+    verified: verified::VerifiedTokens,
 }
 
 impl Authenticator {
@@ -82,6 +84,7 @@ impl Authenticator {
             api_keys,
             max_lifetime,
             http,
+            verified: verified::VerifiedTokens::default(),
         })
     }
 
@@ -138,6 +141,23 @@ impl Authenticator {
     /// Verifies an access token completely (signature and claims). Revocation
     /// is not checked here.
     pub async fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = util::now_secs();
+        // A hit needs `exp` still ahead without leeway; a token inside its
+        // issuer's leeway takes the full path, which applies the leeway.
+        if let Some(p) = self.verified.get(token, now as i64) {
+            return Ok(p);
+        }
+        let principal = self.verify_uncached(token, now).await?;
+        self.verified.insert(token, &principal, now as i64);
+        Ok(principal)
+    }
+
+    /// Forgets cached verifications no longer trusted.
+    pub fn expire_cache(&self) -> usize {
+        self.verified.expire(util::now_secs() as i64)
+    }
+
+    async fn verify_uncached(&self, token: &str, now: u64) -> Result<Principal, AuthError> {
         let (header, alg, iss) = jwt::inspect(token)?;
         let iss = iss.ok_or(AuthError::MissingClaim("iss"))?;
         let id = self.issuer_id(&iss).ok_or(AuthError::UnknownIssuer)?;
@@ -166,7 +186,7 @@ impl Authenticator {
             }
             Err(e) => return Err(e),
         };
-        issuer.verify_with(token, &key, self.max_lifetime, util::now_secs())
+        issuer.verify_with(token, &key, self.max_lifetime, now)
     }
 
     /// Verifies the value of an `Authorization` header.
