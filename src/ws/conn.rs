@@ -17,9 +17,9 @@
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use crate::error::CloseCode;
 use crate::registry::{SessionKey, UserKey};
@@ -49,6 +49,31 @@ pub struct Outbox {
     /// Bytes accepted for this socket but not yet taken by the kernel.
     pub pending: Vec<u8>,
     pub state: State,
+    /// The socket task, parked; woken when `pending` or `state` changes.
+    /// (A waker under the lock the writer takes anyway is 16 bytes; a
+    /// `Notify` plus its future in the task would be ten times that.)
+    waker: Option<Waker>,
+    /// A wake-up happened that the task has not seen yet.
+    woken: bool,
+}
+
+impl Outbox {
+    /// Marks the socket task as woken and wakes it.
+    fn wake(&mut self) {
+        self.woken = true;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Parks the socket task (keeps the waker if it is the same task's).
+    pub fn park(&mut self, cx: &Context<'_>) {
+        self.woken = false;
+        match &self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
 }
 
 pub struct Conn {
@@ -56,8 +81,6 @@ pub struct Conn {
     pub id: u64,
     pub stream: TcpStream,
     out: Mutex<Outbox>,
-    /// Wakes the socket task: something is pending, or the state changed.
-    wake: Notify,
     pub user: UserKey,
     pub session: Option<SessionKey>,
     /// The token's `iat` and `exp` (seconds since the epoch).
@@ -99,8 +122,9 @@ impl Conn {
             out: Mutex::new(Outbox {
                 pending: Vec::new(),
                 state: State::Open,
+                waker: None,
+                woken: false,
             }),
-            wake: Notify::new(),
             user,
             session,
             iat,
@@ -118,13 +142,17 @@ impl Conn {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until a publisher or the hub wants the socket task's attention.
-    pub async fn woken(&self) {
-        self.wake.notified().await
-    }
-
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// Ready once a publisher or the hub wanted the socket task's attention
+    /// since the last call; otherwise parks the task.
+    pub fn poll_woken(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut out = self.lock();
+        if out.woken {
+            out.woken = false;
+            Poll::Ready(())
+        } else {
+            out.park(cx);
+            Poll::Pending
+        }
     }
 
     /// Sends a frame if the socket is open (or logged out: pongs still flow).
@@ -154,9 +182,8 @@ impl Conn {
         }
         out.state = State::LoggedOut(logout.clone());
         let sent = self.write_locked(&mut out, &logout.frame);
-        drop(out);
-        // The socket task starts the ack grace period.
-        self.wake();
+        // The socket task starts the re-login window.
+        out.wake();
         sent
     }
 
@@ -170,8 +197,7 @@ impl Conn {
             State::LoggedOut(_) => State::Closing(CloseCode::LoggedOut),
             State::Open => State::Closing(code),
         };
-        drop(out);
-        self.wake();
+        out.wake();
     }
 
     /// The event this socket was logged out with, if any.
@@ -187,7 +213,7 @@ impl Conn {
             if out.pending.len() + frame.len() > self.out_limit as usize {
                 out.state = State::Closing(CloseCode::SlowConsumer);
                 drop_pending(out);
-                self.wake();
+                out.wake();
                 return Sent::No;
             }
             out.pending.extend_from_slice(frame);
@@ -206,7 +232,7 @@ impl Conn {
             Err(_) => {
                 // The peer is gone; the socket task notices on its next read.
                 out.state = State::Closing(CloseCode::InternalError);
-                self.wake();
+                out.wake();
                 Sent::No
             }
         }
@@ -215,12 +241,12 @@ impl Conn {
     fn queue(&self, out: &mut Outbox, rest: &[u8]) {
         if rest.len() > self.out_limit as usize {
             out.state = State::Closing(CloseCode::SlowConsumer);
-            self.wake();
+            out.wake();
             return;
         }
         out.pending.extend_from_slice(rest);
         // The socket task waits for writability and flushes.
-        self.wake();
+        out.wake();
     }
 
     /// Writes as much of `pending` as the kernel takes. Called by the socket

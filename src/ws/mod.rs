@@ -22,6 +22,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -101,17 +102,12 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut req: Request) -> Response 
     let task_app = app.clone();
     app.tasks.spawn(async move {
         let _guard = guard;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
+        // In a statement of its own, so nothing of the upgrade stays in the
+        // socket's task state.
+        let Some((stream, early)) = upgraded_stream(on_upgrade).await else {
+            return;
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => socket::run(task_app, parts.io.into_inner(), parts.read_buf).await,
-            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
-        }
+        socket::run(task_app, stream, early).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -120,6 +116,24 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut req: Request) -> Response 
         .header("sec-websocket-accept", codec::accept_key(key.as_bytes()))
         .body(Body::empty())
         .expect("static response parts are valid")
+}
+
+/// The TCP stream under a completed upgrade, and bytes already read from it.
+async fn upgraded_stream(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, Bytes)> {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
+        Err(_) => {
+            tracing::error!("upgraded connection is not a TCP stream");
+            None
+        }
+    }
 }
 
 fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), &'static str> {

@@ -5,7 +5,7 @@
 //!    `ws.auth_timeout_ms`, else close 4401.
 //! 2. **Register, then check the watermark** (the order `revocation`'s race
 //!    argument relies on); send `ready` only if no logout got there first.
-//! 3. **Steady state**: the task sleeps in `readable()` / `woken()` holding no
+//! 3. **Steady state**: the task sleeps in the stream's readiness holding no
 //!    read buffer; a read borrows a stack buffer inside a synchronous
 //!    function, and only an incomplete frame is kept on the heap.
 //! 4. **Logged out**: the socket is out of the registry; it counts the `ack`
@@ -18,7 +18,9 @@
 //! without bound (partial frames are capped by the decoder's message limit).
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,29 +73,15 @@ pub async fn run(app: Arc<App>, stream: TcpStream, early: Bytes) {
     let mut start = Start::Fresh(early.to_vec());
     drop(early);
     loop {
-        let authed = match start {
-            Start::Fresh(buf) => {
-                let auth = Box::pin(authenticate(&app, &stream, buf));
-                auth.await
-            }
-            Start::Relogin(text, leftover) => {
-                let auth = Box::pin(verify_auth(&app, &text));
-                auth.await.map(|p| (p, leftover))
-            }
-        };
-        let (principal, leftover) = match authed {
-            Ok(a) => a,
-            Err(exit) => {
-                record_exit(&app, &exit);
-                if let Exit::Close(code) = exit {
-                    let frame = codec::close_frame(code.code(), code.reason());
-                    let close = Box::pin(close_stream(&stream, frame));
-                    let _ = close.await;
-                }
+        // Scoped so that auth's locals (the principal, errors) take no room
+        // in the state kept while the socket lives.
+        let (conn, leftover) = {
+            let auth = Box::pin(begin(&app, &stream, start));
+            let Some((principal, leftover)) = auth.await else {
                 return;
-            }
+            };
+            (Arc::new(new_conn(&app, stream, principal)), leftover)
         };
-        let conn = Arc::new(new_conn(&app, stream, principal));
         let login = Box::pin(live(&app, &conn, leftover));
         let (exit, leftover) = login.await;
         let exit = match exit {
@@ -120,6 +108,25 @@ pub async fn run(app: Arc<App>, stream: TcpStream, early: Bytes) {
         let close = Box::pin(finish(&app, &conn, exit));
         close.await;
         return;
+    }
+}
+
+/// Authenticates a login; on failure closes the stream as the error says.
+async fn begin(app: &App, stream: &TcpStream, start: Start) -> Option<(Principal, Vec<u8>)> {
+    let authed = match start {
+        Start::Fresh(buf) => authenticate(app, stream, buf).await,
+        Start::Relogin(text, leftover) => verify_auth(app, &text).await.map(|p| (p, leftover)),
+    };
+    match authed {
+        Ok(a) => Some(a),
+        Err(exit) => {
+            record_exit(app, &exit);
+            if let Exit::Close(code) = exit {
+                let frame = codec::close_frame(code.code(), code.reason());
+                let _ = close_stream(stream, frame).await;
+            }
+            None
+        }
     }
 }
 
@@ -312,33 +319,86 @@ async fn verify_auth(app: &App, text: &str) -> Result<Principal, Exit> {
     })
 }
 
-/// The steady state: a registered socket that may receive a logout.
-async fn steady(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
-    loop {
-        let (want_write, state) = poll_state(conn);
-        match state {
-            Phase::Open => {}
-            Phase::LoggedOut => {
-                let rest = Box::pin(logged_out(app, conn, reader));
-                return rest.await;
+/// Rounds of flush/read one poll may do before yielding to other tasks.
+const POLL_ROUNDS: usize = 8;
+
+/// How the steady state ended.
+enum SteadyEnd {
+    LoggedOut,
+    Exit(Exit),
+}
+
+/// The steady state of a registered socket, as a hand-written future: an
+/// idle socket's whole state is these references and the reader, and it is
+/// registered only with the stream's readiness and the waker in `Conn` (no
+/// `select!` of sub-futures kept in every idle task).
+struct Steady<'a> {
+    app: &'a App,
+    conn: &'a Conn,
+    reader: &'a mut Reader,
+}
+
+impl std::future::Future for Steady<'_> {
+    type Output = SteadyEnd;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SteadyEnd> {
+        let this = &mut *self;
+        let conn = this.conn;
+        for _ in 0..POLL_ROUNDS {
+            let want_write = {
+                let mut out = conn.lock();
+                match &out.state {
+                    State::Open => {}
+                    State::LoggedOut(_) => return Poll::Ready(SteadyEnd::LoggedOut),
+                    State::Closing(code) => {
+                        return Poll::Ready(SteadyEnd::Exit(Exit::Close(*code)));
+                    }
+                }
+                out.park(cx);
+                !out.pending.is_empty()
+            };
+            if want_write {
+                match conn.stream.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        if conn.flush().is_err() {
+                            return Poll::Ready(SteadyEnd::Exit(Exit::Gone));
+                        }
+                        // Look again: what is left needs a fresh registration.
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(SteadyEnd::Exit(Exit::Gone)),
+                    Poll::Pending => {}
+                }
             }
-            Phase::Closing(code) => return Exit::Close(code),
+            match conn.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(exit) = this.reader.on_readable(this.app, conn) {
+                        return Poll::Ready(SteadyEnd::Exit(exit));
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(SteadyEnd::Exit(Exit::Gone)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        tokio::select! {
-            _ = conn.woken() => {}
-            r = conn.stream.readable() => {
-                if r.is_err() {
-                    return Exit::Gone;
-                }
-                if let Some(exit) = reader.on_readable(app, conn) {
-                    return exit;
-                }
-            }
-            r = conn.stream.writable(), if want_write => {
-                if r.is_err() || conn.flush().is_err() {
-                    return Exit::Gone;
-                }
-            }
+        // Still busy: let other sockets run first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The steady state, then (after a logout) the re-login window.
+async fn steady(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
+    let end = Steady {
+        app,
+        conn,
+        reader: &mut *reader,
+    }
+    .await;
+    match end {
+        SteadyEnd::Exit(exit) => exit,
+        SteadyEnd::LoggedOut => {
+            let rest = Box::pin(logged_out(app, conn, reader));
+            rest.await
         }
     }
 }
@@ -355,7 +415,7 @@ async fn logged_out(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
         tokio::select! {
             _ = tokio::time::sleep_until(grace) => return Exit::Close(CloseCode::LoggedOut),
             _ = app.shutdown.cancelled() => return Exit::Close(CloseCode::LoggedOut),
-            _ = conn.woken() => {}
+            _ = std::future::poll_fn(|cx| conn.poll_woken(cx)) => {}
             r = conn.stream.readable() => {
                 if r.is_err() {
                     return Exit::Gone;
