@@ -53,7 +53,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::dev_issuer::DevIssuer;
 use crate::auth::{ApiKeys, Authenticator, IssuerId};
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, UserKey};
 use crate::revocation::Revocation;
@@ -114,6 +114,8 @@ pub enum StartError {
     DevIssuer(#[from] auth::dev_issuer::DevIssuerError),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("{0}; refusing to start with an empty store in its place")]
+    Store(#[from] store::StoreError),
 }
 
 /// A running hub.
@@ -211,13 +213,36 @@ impl Hub {
             .map_err(StartError::Auth)?;
         auth.load_keys().await;
 
+        let (journal, stored) = match config.store {
+            StoreKind::Embedded => {
+                let (j, stored) = store::embedded::open(&config.data_dir)?;
+                (Some(j), stored)
+            }
+            StoreKind::Memory => {
+                tracing::warn!(
+                    "store = \"memory\": nothing survives a restart: logouts are kept in this process only, and after a restart revoked tokens work again until they expire"
+                );
+                (None, Vec::new())
+            }
+        };
+        let issuer_names = issuers.iter().map(|i| i.issuer.clone()).collect();
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(metrics.connections.clone()));
         let revocation = Revocation::new(
             registry.clone(),
             metrics.clone(),
             config.max_token_lifetime_secs,
+            journal,
+            issuer_names,
         );
+        if config.store == StoreKind::Embedded {
+            let restored = revocation.restore(stored);
+            tracing::info!(
+                restored,
+                path = %config.data_dir.join("slo-hub.redb").display(),
+                "store opened"
+            );
+        }
         let limits = Arc::new(ConnLimits::new(&config));
         let user_trigger_limits = KeyedLimiter::new(
             config.limits.user_triggers_per_sec,
@@ -277,6 +302,8 @@ impl Hub {
                 self.app.tasks.len()
             );
         }
+        // Last: in-flight triggers above have had their commits.
+        self.app.revocation.close_journal();
     }
 }
 
@@ -287,7 +314,7 @@ async fn maintenance(app: Arc<App>) {
             _ = app.shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
-        let expired = app.revocation.expire();
+        let expired = app.revocation.expire().await;
         if expired > 0 {
             tracing::debug!(expired, "watermarks expired");
         }

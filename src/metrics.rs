@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Sockets cut off because they did not read (outbound buffer full).
     pub slow_consumers: Counter,
     pub relogins: Counter,
+    pub store_errors: Counter,
+    pub store_commit_latency: Histogram,
     /// Trigger received → last socket written, in seconds.
     pub fanout_latency: Histogram,
     /// Refused credentials, by where and why.
@@ -59,6 +61,10 @@ impl Metrics {
         let messages_acked = Counter::default();
         let slow_consumers = Counter::default();
         let relogins = Counter::default();
+        let store_errors = Counter::default();
+        let store_commit_latency = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+        ]);
         // 10 µs .. ~5 s.
         let fanout_latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 20));
         let auth_failures = Family::<Labels, Counter>::default();
@@ -94,6 +100,16 @@ impl Metrics {
             "slow_consumers",
             "Sockets disconnected because their outbound buffer was full",
             slow_consumers.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Logouts the durable store could not record (answered 503)",
+            store_errors.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Time from handing a logout to the durable store to its fsynced commit",
+            store_commit_latency.clone(),
         );
         registry.register(
             "relogins",
@@ -134,6 +150,8 @@ impl Metrics {
             messages_acked,
             slow_consumers,
             relogins,
+            store_errors,
+            store_commit_latency,
             fanout_latency,
             auth_failures,
             http_rejections,

@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::registry::{Delivery, Registry, SessionKey, Target, UserKey};
-use crate::store::{LogoutEvent, Scope, Watermarks};
+use crate::store::embedded::{Journal, StoredEvent};
+use crate::store::{LogoutEvent, Scope, StoreError, Watermarks};
 use crate::util;
 use crate::ws::conn::LogoutFrame;
 use crate::ws::{codec, protocol};
@@ -58,6 +59,10 @@ pub struct Revocation {
     waiting: DashMap<String, Arc<AckCount>>,
     /// How long a watermark is kept: the longest token lifetime accepted.
     ttl_ms: i64,
+    /// Where watermarks are made durable; `None` with `store = "memory"`.
+    journal: Option<Journal>,
+    /// Issuer names by `IssuerId`: the journal stores names, not positions.
+    issuer_names: Vec<String>,
 }
 
 #[derive(Default)]
@@ -67,18 +72,80 @@ struct AckCount {
 }
 
 impl Revocation {
-    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, ttl_secs: u64) -> Revocation {
+    pub fn new(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        ttl_secs: u64,
+        journal: Option<Journal>,
+        issuer_names: Vec<String>,
+    ) -> Revocation {
         Revocation {
             watermarks: Watermarks::default(),
             registry,
             metrics,
             waiting: DashMap::new(),
             ttl_ms: ttl_secs as i64 * 1000,
+            journal,
+            issuer_names,
         }
     }
 
-    /// Records and delivers a logout.
-    pub async fn logout(&self, order: LogoutOrder) -> LogoutOutcome {
+    /// Loads watermarks read from the journal at start. Those of issuers no
+    /// longer configured, or older than the longest token lifetime, are
+    /// skipped. Returns how many were restored.
+    pub fn restore(&self, stored: Vec<StoredEvent>) -> usize {
+        let now = util::now_ms();
+        let mut restored = 0;
+        for s in stored {
+            if now - s.at_ms >= self.ttl_ms {
+                continue;
+            }
+            let Some(pos) = self.issuer_names.iter().position(|n| *n == s.iss) else {
+                continue;
+            };
+            let iss = crate::auth::IssuerId(pos as u16);
+            let (target, scope) = match s.scope.as_str() {
+                "session" => (
+                    Target::Session(SessionKey {
+                        iss,
+                        sid: s.key.as_str().into(),
+                    }),
+                    Scope::Session,
+                ),
+                _ => (
+                    Target::User(UserKey {
+                        iss,
+                        sub: s.key.as_str().into(),
+                    }),
+                    Scope::User,
+                ),
+            };
+            let event = LogoutEvent {
+                id: s.id,
+                scope,
+                sub: s.sub.map(Into::into),
+                sid: s.sid.map(Into::into),
+                reason: s.reason,
+                at_ms: s.at_ms,
+            };
+            self.watermarks.record(&target, Arc::new(event));
+            restored += 1;
+        }
+        restored
+    }
+
+    /// Finishes pending journal writes and releases the store's file.
+    pub fn close_journal(&self) {
+        if let Some(j) = &self.journal {
+            j.close();
+        }
+    }
+
+    /// Records and delivers a logout: the watermark in memory, then the
+    /// push to every socket, then (awaited) the durable record. An error
+    /// means the sockets were told but the logout would not survive a
+    /// restart; the caller must not answer success.
+    pub async fn logout(&self, order: LogoutOrder) -> Result<LogoutOutcome, StoreError> {
         let started = Instant::now();
         let (scope, sid) = match &order.target {
             Target::User(_) => (Scope::User, None),
@@ -111,6 +178,18 @@ impl Revocation {
             .messages_delivered
             .inc_by(delivery.delivered as u64);
         self.metrics.logout_event(order.source);
+        if let Some(journal) = &self.journal {
+            let stored = self.stored(&order.target, &event);
+            let started = Instant::now();
+            let result = journal.record(stored).await;
+            self.metrics
+                .store_commit_latency
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = result {
+                self.metrics.store_errors.inc();
+                return Err(e);
+            }
+        }
         let acked = match (counter, order.wait_for_acks) {
             (Some(c), Some(wait)) => {
                 let n = wait_for(&c, delivery.delivered, wait).await;
@@ -119,10 +198,31 @@ impl Revocation {
             }
             _ => None,
         };
-        LogoutOutcome {
+        Ok(LogoutOutcome {
             event_id: event.id.clone(),
             delivery,
             acked,
+        })
+    }
+
+    fn stored(&self, target: &Target, e: &LogoutEvent) -> StoredEvent {
+        let (iss, key) = match target {
+            Target::User(k) => (k.iss, k.sub.to_string()),
+            Target::Session(k) => (k.iss, k.sid.to_string()),
+        };
+        StoredEvent {
+            iss: self
+                .issuer_names
+                .get(iss.0 as usize)
+                .cloned()
+                .unwrap_or_default(),
+            scope: e.scope.as_str().to_string(),
+            key,
+            id: e.id.clone(),
+            sub: e.sub.as_deref().map(str::to_string),
+            sid: e.sid.as_deref().map(str::to_string),
+            reason: e.reason.clone(),
+            at_ms: e.at_ms,
         }
     }
 
@@ -174,9 +274,17 @@ impl Revocation {
         }
     }
 
-    /// Forgets watermarks older than the longest token lifetime.
-    pub fn expire(&self) -> usize {
-        self.watermarks.expire(util::now_ms(), self.ttl_ms)
+    /// Forgets watermarks older than the longest token lifetime, in memory
+    /// and in the journal.
+    pub async fn expire(&self) -> usize {
+        let now = util::now_ms();
+        let n = self.watermarks.expire(now, self.ttl_ms);
+        if let Some(j) = &self.journal
+            && let Err(e) = j.expire(now - self.ttl_ms).await
+        {
+            tracing::warn!(error = %e, "store: expiring old watermarks failed; retrying later");
+        }
+        n
     }
 
     pub fn watermark_count(&self) -> usize {

@@ -132,6 +132,12 @@ impl Running {
             .map(|l| l.split_whitespace().last().unwrap().to_string())
     }
 
+    /// SIGKILL: no shutdown of any kind, as in a crash.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, then the exit code and everything logged.
     fn terminate(mut self) -> (i32, String) {
         Command::new("kill")
@@ -230,6 +236,116 @@ fn production_mode_has_no_dev_issuer_unless_enabled_and_then_warns() {
     );
 }
 
+/// Logs `user` out through the backend API with the dev API key of the
+/// running hub; returns the status.
+async fn backend_logout(base: &str, data_dir: &std::path::Path, user: &str) -> u16 {
+    let key = std::fs::read_to_string(data_dir.join("dev-api-key")).unwrap();
+    ::reqwest::Client::new()
+        .post(format!("{base}/v1/logout"))
+        .bearer_auth(key.trim())
+        .json(&serde_json::json!({ "sub": user }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn dev_token(base: &str, user: &str) -> String {
+    let v: serde_json::Value = ::reqwest::Client::new()
+        .post(format!("{base}/dev/token"))
+        .json(&serde_json::json!({ "sub": user }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_logout_survives_a_graceful_restart_and_a_kill_9() {
+    slo_hub::auth::crypto::install();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = reqwest::rt();
+    for (user, crash) in [("alice", false), ("bob", true)] {
+        let listen = format!("127.0.0.1:{}", common::free_port());
+        let base = format!("http://{listen}");
+        let args = ["--no-demo", "--listen", listen.as_str()];
+        let hub = Running::start(&args, &[], dir.path());
+        let token = rt.block_on(dev_token(&base, user));
+        assert_eq!(rt.block_on(backend_logout(&base, dir.path(), user)), 200);
+        // The 200 promised durability: a crash right after it loses nothing.
+        if crash {
+            hub.kill9();
+        } else {
+            assert_eq!(hub.terminate().0, 0);
+        }
+
+        let hub = Running::start(&args, &[], dir.path());
+        rt.block_on(async {
+            let mut ws = common::Ws::connect(&format!("ws://{listen}/v1/ws"), None)
+                .await
+                .unwrap();
+            ws.send_json(serde_json::json!({"type": "auth", "token": token}))
+                .await;
+            let m = ws.recv_json().await;
+            assert_eq!(m["type"], "logout", "{user}: {m}");
+            assert_eq!(ws.close_code().await, Some(4000));
+        });
+        assert_eq!(hub.terminate().0, 0);
+    }
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_stops_start_up_with_code_2() {
+    // Locked by another hub on the same data directory.
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let hub = Running::start(&["--no-demo", "--listen", &listen], &[], dir.path());
+    let other = format!("127.0.0.1:{}", common::free_port());
+    let data = dir.path().to_str().unwrap();
+    let (code, stderr) = run_failing(
+        &["--no-demo", "--listen", &other],
+        &[("SLO_HUB_DATA_DIR", data)],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("locked"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to start with an empty store"),
+        "{stderr}"
+    );
+    assert_eq!(hub.terminate().0, 0);
+
+    // Not a store at all: never silently replaced.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slo-hub.redb"), b"garbage, not redb").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (code, stderr) = run_failing(&["--no-demo"], &[("SLO_HUB_DATA_DIR", data)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("slo-hub.redb"), "{stderr}");
+    assert_eq!(
+        std::fs::read(dir.path().join("slo-hub.redb")).unwrap(),
+        b"garbage, not redb"
+    );
+}
+
+#[test]
+fn the_memory_store_says_loudly_that_nothing_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let hub = Running::start(
+        &["--no-demo", "--store", "memory", "--listen", &listen],
+        &[],
+        dir.path(),
+    );
+    let (code, log) = hub.terminate();
+    assert_eq!(code, 0);
+    assert!(log.contains("nothing survives a restart"), "{log}");
+    assert!(!dir.path().join("slo-hub.redb").exists());
+}
+
 /// Tiny blocking HTTP helpers on a throwaway runtime (these tests are sync).
 mod reqwest {
     pub fn blocking_get(url: &str) -> String {
@@ -264,7 +380,7 @@ mod reqwest {
         ::reqwest::Client::new()
     }
 
-    fn rt() -> tokio::runtime::Runtime {
+    pub fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

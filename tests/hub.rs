@@ -586,3 +586,25 @@ async fn health_readiness_and_metrics_answer() {
     assert_eq!(jwks["keys"][0]["kty"], "OKP");
     assert_eq!(get("/nope").await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn a_logout_the_store_cannot_record_is_never_answered_with_success() {
+    let hub = TestHub::start().await;
+    let token = hub.token("alice", None).await;
+    let (mut ws, _) = hub.socket(&token).await;
+    // The store's writer is gone (as when the disk fails or the hub stops).
+    hub.app().revocation.close_journal();
+    let (status, body) = hub.backend_logout(json!({"sub": "alice"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("would not survive a restart"),
+        "{body}"
+    );
+    assert_eq!(hub.metric("slo_hub_store_errors_total").await, 1.0);
+    // The socket was still told: a failing disk never keeps a logout from a user.
+    assert_eq!(ws.recv_json().await["type"], "logout");
+}

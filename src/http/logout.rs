@@ -161,7 +161,12 @@ async fn logout(
             source,
             wait_for_acks: wait,
         })
-        .await;
+        .await
+        .map_err(|e| {
+            ApiError::Unavailable(format!(
+                "{e}. Connected sockets were told, but the logout would not survive a restart: retry"
+            ))
+        })?;
     let mut answer = json!({
         "event_id": outcome.event_id,
         "matched": outcome.delivery.matched,

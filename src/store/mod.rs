@@ -4,14 +4,32 @@
 //! every connect and must never wait, so the complete set is always held in
 //! memory ([`Watermarks`]); entries expire after the longest token lifetime
 //! the hub accepts, since no token older than that can still be valid.
+//! `embedded` makes the set durable (a redb journal in the data directory,
+//! loaded at start); with `store = "memory"` nothing survives a restart.
 //!
 //! Must not: talk to sockets or decide revocation rules; it stores and answers.
+
+pub mod embedded;
 
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
 use crate::registry::{SessionKey, Target, UserKey};
+
+/// Why durable state could not be opened or written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {reason}")]
+    Open {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("the store could not record the logout: {0}")]
+    Write(String),
+    #[error("the store is closed (the hub is shutting down)")]
+    Closed,
+}
 
 /// Whether a logout addressed a user or one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -70,6 +70,10 @@ struct Opts {
     /// Extra TOML appended to slo-hub's generated config (e.g. a store setting).
     #[arg(long, default_value = "")]
     hub_extra: String,
+    /// slo-hub's store: "memory" (the default here, to compare the socket
+    /// path alone) or "embedded" (durable; every trigger waits for an fsync).
+    #[arg(long, default_value = "memory", value_parser = ["memory", "embedded"])]
+    hub_store: String,
     /// A label for this run's slo-hub variant in the report.
     #[arg(long, default_value = "")]
     hub_label: String,
@@ -114,6 +118,7 @@ fn main() {
         work: work.clone(),
         cpu: opts.server_cpu.clone(),
         hub_extra: opts.hub_extra.replace("\\n", "\n"),
+        hub_store: opts.hub_store.clone(),
     };
     if kinds.contains(&Kind::SloHub) {
         assert!(

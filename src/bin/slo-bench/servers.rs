@@ -22,6 +22,8 @@ pub struct Env {
     pub cpu: String,
     /// Extra hub settings (TOML appended to the generated config).
     pub hub_extra: String,
+    /// slo-hub's `store` setting.
+    pub hub_store: String,
 }
 
 pub const BENCH_API_KEY: &str = "slo_bench-api-key-for-load-generator";
@@ -170,7 +172,7 @@ fn write_hub_config(env: &Env, port: u16) -> io::Result<PathBuf> {
     let text = format!(
         r#"listen = "127.0.0.1:{port}"
 data_dir = "{data}"
-store = "memory"
+store = "{store}"
 
 [dev]
 issuer = true
@@ -202,6 +204,7 @@ scopes = ["logout:any"]
 {extra}
 "#,
         data = data.display(),
+        store = env.hub_store,
         extra = env.hub_extra,
     );
     let path = env.work.join(format!("hub-{port}.toml"));

@@ -1,0 +1,289 @@
+//! The durable journal of watermarks: a redb file in the data directory.
+//!
+//! Why redb: pure Rust (no C toolchain, no second process), ACID with a
+//! crash-safe copy-on-write B-tree and an fsync per commit, an exclusive
+//! file lock (a second hub on the same directory is refused instead of
+//! corrupting it), one file, maintained. SQLite would bring C and a query
+//! language we do not need; fjall's LSM suits write-heavy logs bigger than
+//! ours.
+//!
+//! One writer thread owns the database and **group-commits**: every record
+//! waiting when a commit starts goes into the same transaction, so 64
+//! concurrent triggers cost one fsync, not 64. Callers await their commit
+//! on a oneshot; the fan-out never waits for the disk (`revocation` publishes
+//! first and awaits the journal before answering).
+//!
+//! Must not: be read on the hot path. The whole set is loaded into
+//! `Watermarks` at start; afterwards this file is only written.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+/// key: `u\x1f{iss}\x1f{sub}` or `s\x1f{iss}\x1f{sid}`; value: JSON [`StoredEvent`].
+const WATERMARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("watermarks");
+/// Records per transaction at most (a bound on one commit's latency).
+const MAX_BATCH: usize = 1024;
+
+/// A watermark as stored: the event, with the issuer by name (issuer ids
+/// are positions in the config and may change between starts).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub iss: String,
+    /// `"user"` or `"session"`.
+    pub scope: String,
+    /// The user's sub (user scope) or the session's sid (session scope).
+    pub key: String,
+    pub id: String,
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+impl StoredEvent {
+    fn db_key(&self) -> String {
+        let tag = if self.scope == "session" { 's' } else { 'u' };
+        format!("{tag}\u{1f}{}\u{1f}{}", self.iss, self.key)
+    }
+}
+
+enum Job {
+    Record(StoredEvent, oneshot::Sender<Result<(), StoreError>>),
+    Expire(i64, oneshot::Sender<Result<usize, StoreError>>),
+}
+
+/// The writer thread's handle.
+pub struct Journal {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Opens (or creates) the journal in `dir` and returns it with every stored
+/// watermark.
+pub fn open(dir: &Path) -> Result<(Journal, Vec<StoredEvent>), StoreError> {
+    let path = dir.join("slo-hub.redb");
+    let open_error = |e: redb::DatabaseError| StoreError::Open {
+        path: path.clone(),
+        reason: match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                "the file is locked: another slo-hub process uses this data directory".into()
+            }
+            other => other.to_string(),
+        },
+    };
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let db = Database::create(&path).map_err(open_error)?;
+    let events = load(&db, &path)?;
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("slo-hub-journal".into())
+        .spawn(move || writer(db, rx))
+        .map_err(|e| StoreError::Open {
+            path,
+            reason: e.to_string(),
+        })?;
+    Ok((
+        Journal {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        },
+        events,
+    ))
+}
+
+fn load(db: &Database, path: &Path) -> Result<Vec<StoredEvent>, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Open {
+        path: PathBuf::from(path),
+        reason: e.to_string(),
+    };
+    // Create the table on first start, so reads below find it.
+    let w = db.begin_write().map_err(|e| corrupt(&e))?;
+    w.open_table(WATERMARKS).map_err(|e| corrupt(&e))?;
+    w.commit().map_err(|e| corrupt(&e))?;
+    let r = db.begin_read().map_err(|e| corrupt(&e))?;
+    let table = r.open_table(WATERMARKS).map_err(|e| corrupt(&e))?;
+    let mut out = Vec::new();
+    for row in table.iter().map_err(|e| corrupt(&e))? {
+        let (k, v) = row.map_err(|e| corrupt(&e))?;
+        let event: StoredEvent = serde_json::from_slice(v.value())
+            .map_err(|e| corrupt(&format!("watermark {:?}: {e}", k.value())))?;
+        out.push(event);
+    }
+    Ok(out)
+}
+
+impl Journal {
+    /// Records a watermark durably (fsynced) and returns when it is.
+    pub async fn record(&self, event: StoredEvent) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Job::Record(event, done))?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Deletes watermarks older than `before_ms`; returns how many.
+    pub async fn expire(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Job::Expire(before_ms, done))?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        tx.as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(job)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Finishes pending writes and closes the file (releasing its lock).
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer(db: Database, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut records = Vec::new();
+        let mut job = Some(first);
+        // Take everything already waiting: one transaction, one fsync.
+        while let Some(j) = job.take() {
+            match j {
+                Job::Record(e, done) => records.push((e, done)),
+                Job::Expire(before, done) => {
+                    let _ = done.send(expire(&db, before));
+                }
+            }
+            if records.len() < MAX_BATCH {
+                job = rx.try_recv().ok();
+            }
+        }
+        if records.is_empty() {
+            continue;
+        }
+        let result = commit(&db, records.iter().map(|(e, _)| e));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store: a commit failed; its triggers answer 503");
+        }
+        for (_, done) in records {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+fn commit<'a>(
+    db: &Database,
+    events: impl Iterator<Item = &'a StoredEvent>,
+) -> Result<(), StoreError> {
+    let fail = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+    let w = db.begin_write().map_err(|e| fail(&e))?;
+    {
+        let mut table = w.open_table(WATERMARKS).map_err(|e| fail(&e))?;
+        for e in events {
+            let key = e.db_key();
+            // Watermarks only move forward, whatever order commits come in.
+            let newer = match table.get(key.as_str()).map_err(|e| fail(&e))? {
+                Some(old) => serde_json::from_slice::<StoredEvent>(old.value())
+                    .map(|old| e.at_ms >= old.at_ms)
+                    .unwrap_or(true),
+                None => true,
+            };
+            if newer {
+                let value = serde_json::to_vec(e).map_err(|e| fail(&e))?;
+                table
+                    .insert(key.as_str(), value.as_slice())
+                    .map_err(|e| fail(&e))?;
+            }
+        }
+    }
+    w.commit().map_err(|e| fail(&e))
+}
+
+fn expire(db: &Database, before_ms: i64) -> Result<usize, StoreError> {
+    let fail = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+    let w = db.begin_write().map_err(|e| fail(&e))?;
+    let mut removed = 0;
+    {
+        let mut table = w.open_table(WATERMARKS).map_err(|e| fail(&e))?;
+        table
+            .retain(|_, v| {
+                let keep = serde_json::from_slice::<StoredEvent>(v)
+                    .map(|e| e.at_ms >= before_ms)
+                    .unwrap_or(false);
+                if !keep {
+                    removed += 1;
+                }
+                keep
+            })
+            .map_err(|e| fail(&e))?;
+    }
+    w.commit().map_err(|e| fail(&e))?;
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(key: &str, at_ms: i64) -> StoredEvent {
+        StoredEvent {
+            iss: "https://issuer".into(),
+            scope: "user".into(),
+            key: key.into(),
+            id: format!("e{at_ms}"),
+            sub: Some(key.into()),
+            sid: None,
+            reason: "test".into(),
+            at_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_keeps_the_newest_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, loaded) = open(dir.path()).unwrap();
+        assert!(loaded.is_empty());
+        j.record(ev("alice", 2_000)).await.unwrap();
+        j.record(ev("alice", 1_000)).await.unwrap();
+        j.record(ev("bob", 500)).await.unwrap();
+        // A second opener is refused while the first holds the file.
+        match open(dir.path()) {
+            Err(StoreError::Open { reason, .. }) => assert!(reason.contains("locked"), "{reason}"),
+            other => panic!("expected a locked store, got {:?}", other.map(|_| ())),
+        }
+        j.close();
+        let (j, mut loaded) = open(dir.path()).unwrap();
+        loaded.sort_by_key(|e| e.at_ms);
+        assert_eq!(loaded, vec![ev("bob", 500), ev("alice", 2_000)]);
+        assert_eq!(j.expire(1_000).await.unwrap(), 1);
+        j.close();
+        let (_j, loaded) = open(dir.path()).unwrap();
+        assert_eq!(loaded, vec![ev("alice", 2_000)]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("slo-hub.redb"), b"not a database at all").unwrap();
+        assert!(matches!(open(dir.path()), Err(StoreError::Open { .. })));
+    }
+}
