@@ -489,14 +489,7 @@ impl Config {
         {
             return Err(invalid("cluster", "must be a redis:// or rediss:// URL"));
         }
-        if self.cluster.is_some() {
-            // Refused rather than ignored: a node that silently ran alone
-            // would miss logouts triggered on the others.
-            return Err(invalid(
-                "cluster",
-                "several hub nodes on Redis are not supported by this build yet; run one node",
-            ));
-        }
+
         let mut seen = BTreeSet::new();
         for (i, iss) in self.issuers.iter().enumerate() {
             let key = |k: &str| format!("issuers[{i}].{k}");

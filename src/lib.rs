@@ -30,6 +30,7 @@
 //! [`Hub::start`] wires them together; `main.rs` only parses the command line.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -56,6 +57,7 @@ use crate::auth::{ApiKeys, Authenticator, IssuerId};
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, UserKey};
+use crate::revocation::Durable;
 use crate::revocation::Revocation;
 use crate::server::ConnLimits;
 use crate::util::KeyedLimiter;
@@ -88,6 +90,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Dev mode: a file holding an API key with every scope (new each start).
     pub dev_api_key_file: Option<PathBuf>,
+    /// Set when several nodes share Redis (`cluster`).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     next_conn: AtomicU64,
 }
 
@@ -213,16 +217,24 @@ impl Hub {
             .map_err(StartError::Auth)?;
         auth.load_keys().await;
 
-        let (journal, stored) = match config.store {
-            StoreKind::Embedded => {
-                let (j, stored) = store::embedded::open(&config.data_dir)?;
-                (Some(j), stored)
-            }
-            StoreKind::Memory => {
-                tracing::warn!(
-                    "store = \"memory\": nothing survives a restart: logouts are kept in this process only, and after a restart revoked tokens work again until they expire"
-                );
-                (None, Vec::new())
+        let (durable, stored, cluster) = if let Some(url) = &config.cluster {
+            // Redis is the shared store; a local file would diverge between nodes.
+            let (c, stored) =
+                cluster::Cluster::connect(url, config.max_token_lifetime_secs).await?;
+            let c = Arc::new(c);
+            (Durable::Cluster(c.clone()), stored, Some(c))
+        } else {
+            match config.store {
+                StoreKind::Embedded => {
+                    let (j, stored) = store::embedded::open(&config.data_dir)?;
+                    (Durable::Journal(j), stored, None)
+                }
+                StoreKind::Memory => {
+                    tracing::warn!(
+                        "store = \"memory\": nothing survives a restart: logouts are kept in this process only, and after a restart revoked tokens work again until they expire"
+                    );
+                    (Durable::Nothing, Vec::new(), None)
+                }
             }
         };
         let issuer_names = issuers.iter().map(|i| i.issuer.clone()).collect();
@@ -232,16 +244,20 @@ impl Hub {
             registry.clone(),
             metrics.clone(),
             config.max_token_lifetime_secs,
-            journal,
+            durable,
             issuer_names,
         );
-        if config.store == StoreKind::Embedded {
-            let restored = revocation.restore(stored);
-            tracing::info!(
+        let restored = revocation.restore(stored);
+        match (&config.cluster, config.store) {
+            (Some(url), _) => {
+                tracing::info!(restored, %url, "cluster: watermarks loaded from Redis")
+            }
+            (None, StoreKind::Embedded) => tracing::info!(
                 restored,
                 path = %config.data_dir.join("slo-hub.redb").display(),
                 "store opened"
-            );
+            ),
+            (None, StoreKind::Memory) => {}
         }
         let limits = Arc::new(ConnLimits::new(&config));
         let user_trigger_limits = KeyedLimiter::new(
@@ -262,6 +278,7 @@ impl Hub {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             dev_api_key_file,
+            cluster: cluster.clone(),
             next_conn: AtomicU64::new(1),
             config,
         });
@@ -269,6 +286,9 @@ impl Hub {
         app.auth.spawn_refresh(&app.tasks, app.shutdown.clone());
         app.tasks.spawn(ws::heartbeat(app.clone()));
         app.tasks.spawn(maintenance(app.clone()));
+        if let Some(c) = cluster {
+            app.tasks.spawn(cluster::follow(app.clone(), c));
+        }
         for (demo, l) in demo_listeners {
             demo::spawn(&app, demo, l, &public_url);
         }

@@ -43,6 +43,16 @@ pub struct LogoutOrder {
     pub wait_for_acks: Option<Duration>,
 }
 
+/// Where logouts are recorded beyond this process.
+pub enum Durable {
+    /// `store = "memory"`: nowhere.
+    Nothing,
+    /// The embedded journal in the data directory.
+    Journal(Journal),
+    /// Redis, shared with the other nodes (which it also tells).
+    Cluster(Arc<crate::cluster::Cluster>),
+}
+
 /// What the trigger's caller learns.
 #[derive(Debug, Clone)]
 pub struct LogoutOutcome {
@@ -59,8 +69,8 @@ pub struct Revocation {
     waiting: DashMap<String, Arc<AckCount>>,
     /// How long a watermark is kept: the longest token lifetime accepted.
     ttl_ms: i64,
-    /// Where watermarks are made durable; `None` with `store = "memory"`.
-    journal: Option<Journal>,
+    /// Where watermarks are made durable.
+    durable: Durable,
     /// Issuer names by `IssuerId`: the journal stores names, not positions.
     issuer_names: Vec<String>,
 }
@@ -76,7 +86,7 @@ impl Revocation {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         ttl_secs: u64,
-        journal: Option<Journal>,
+        durable: Durable,
         issuer_names: Vec<String>,
     ) -> Revocation {
         Revocation {
@@ -85,7 +95,7 @@ impl Revocation {
             metrics,
             waiting: DashMap::new(),
             ttl_ms: ttl_secs as i64 * 1000,
-            journal,
+            durable,
             issuer_names,
         }
     }
@@ -94,49 +104,69 @@ impl Revocation {
     /// longer configured, or older than the longest token lifetime, are
     /// skipped. Returns how many were restored.
     pub fn restore(&self, stored: Vec<StoredEvent>) -> usize {
-        let now = util::now_ms();
         let mut restored = 0;
         for s in stored {
-            if now - s.at_ms >= self.ttl_ms {
-                continue;
+            if let Some((target, event)) = self.event_of_stored(s) {
+                self.watermarks.record(&target, Arc::new(event));
+                restored += 1;
             }
-            let Some(pos) = self.issuer_names.iter().position(|n| *n == s.iss) else {
-                continue;
-            };
-            let iss = crate::auth::IssuerId(pos as u16);
-            let (target, scope) = match s.scope.as_str() {
-                "session" => (
-                    Target::Session(SessionKey {
-                        iss,
-                        sid: s.key.as_str().into(),
-                    }),
-                    Scope::Session,
-                ),
-                _ => (
-                    Target::User(UserKey {
-                        iss,
-                        sub: s.key.as_str().into(),
-                    }),
-                    Scope::User,
-                ),
-            };
-            let event = LogoutEvent {
-                id: s.id,
-                scope,
-                sub: s.sub.map(Into::into),
-                sid: s.sid.map(Into::into),
-                reason: s.reason,
-                at_ms: s.at_ms,
-            };
-            self.watermarks.record(&target, Arc::new(event));
-            restored += 1;
         }
         restored
     }
 
+    /// A logout another node carried out: remember it and tell our sockets.
+    pub fn apply_remote(&self, stored: StoredEvent) {
+        let Some((target, event)) = self.event_of_stored(stored) else {
+            return;
+        };
+        let event = Arc::new(event);
+        self.watermarks.record(&target, event.clone());
+        let frame = Arc::new(logout_frame(&event));
+        let delivery = self.registry.publish(&target, &frame);
+        self.metrics
+            .messages_delivered
+            .inc_by(delivery.delivered as u64);
+        self.metrics.logout_event("cluster");
+    }
+
+    /// The event a stored watermark stands for, unless its issuer is no
+    /// longer configured or it is older than any token still valid.
+    fn event_of_stored(&self, s: StoredEvent) -> Option<(Target, LogoutEvent)> {
+        if util::now_ms() - s.at_ms >= self.ttl_ms {
+            return None;
+        }
+        let pos = self.issuer_names.iter().position(|n| *n == s.iss)?;
+        let iss = crate::auth::IssuerId(pos as u16);
+        let (target, scope) = match s.scope.as_str() {
+            "session" => (
+                Target::Session(SessionKey {
+                    iss,
+                    sid: s.key.as_str().into(),
+                }),
+                Scope::Session,
+            ),
+            _ => (
+                Target::User(UserKey {
+                    iss,
+                    sub: s.key.as_str().into(),
+                }),
+                Scope::User,
+            ),
+        };
+        let event = LogoutEvent {
+            id: s.id,
+            scope,
+            sub: s.sub.map(Into::into),
+            sid: s.sid.map(Into::into),
+            reason: s.reason,
+            at_ms: s.at_ms,
+        };
+        Some((target, event))
+    }
+
     /// Finishes pending journal writes and releases the store's file.
     pub fn close_journal(&self) {
-        if let Some(j) = &self.journal {
+        if let Durable::Journal(j) = &self.durable {
             j.close();
         }
     }
@@ -178,10 +208,14 @@ impl Revocation {
             .messages_delivered
             .inc_by(delivery.delivered as u64);
         self.metrics.logout_event(order.source);
-        if let Some(journal) = &self.journal {
+        if !matches!(self.durable, Durable::Nothing) {
             let stored = self.stored(&order.target, &event);
             let started = Instant::now();
-            let result = journal.record(stored).await;
+            let result = match &self.durable {
+                Durable::Journal(j) => j.record(stored).await,
+                Durable::Cluster(c) => c.record(&stored).await,
+                Durable::Nothing => Ok(()),
+            };
             self.metrics
                 .store_commit_latency
                 .observe(started.elapsed().as_secs_f64());
@@ -279,7 +313,8 @@ impl Revocation {
     pub async fn expire(&self) -> usize {
         let now = util::now_ms();
         let n = self.watermarks.expire(now, self.ttl_ms);
-        if let Some(j) = &self.journal
+        // Redis expires its keys itself (PX).
+        if let Durable::Journal(j) = &self.durable
             && let Err(e) = j.expire(now - self.ttl_ms).await
         {
             tracing::warn!(error = %e, "store: expiring old watermarks failed; retrying later");

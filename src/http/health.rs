@@ -27,6 +27,9 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
     if !app.auth.keys_ready().await {
         problems.push("issuer keys not loaded");
     }
+    if app.cluster.as_ref().is_some_and(|c| !c.is_ready()) {
+        problems.push("Redis (cluster) unreachable");
+    }
     let status = if problems.is_empty() {
         StatusCode::OK
     } else {
