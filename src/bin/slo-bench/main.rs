@@ -18,6 +18,7 @@
 //! Results: `bench/results/<date>.json` and `.md` (with slo-hub / best peer
 //! ratios) and `.svg`.
 
+mod cluster;
 mod http;
 mod proto;
 mod report;
@@ -38,7 +39,7 @@ use tokio::task::JoinHandle;
 
 #[derive(Parser, Clone)]
 #[command(name = "slo-bench")]
-struct Opts {
+pub struct Opts {
     /// Servers to run, comma-separated: slo-hub, uws, ws, socketio, soketi.
     #[arg(long, default_value = "slo-hub,uws,ws,socketio,soketi")]
     servers: String,
@@ -46,27 +47,27 @@ struct Opts {
     #[arg(long, default_value_t = 3)]
     reps: usize,
     #[arg(long, default_value_t = 5000)]
-    users: usize,
+    pub users: usize,
     #[arg(long, default_value_t = 3)]
-    tabs: usize,
+    pub tabs: usize,
     /// Users triggered one at a time in the latency phase.
     #[arg(long, default_value_t = 1000)]
-    latency_triggers: usize,
+    pub latency_triggers: usize,
     /// Connects and triggers in flight at once.
     #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Triggers per authenticated-trigger phase (slo-hub only).
     #[arg(long, default_value_t = 8000)]
     auth_triggers: usize,
     /// CPU list the servers are pinned to.
     #[arg(long, default_value = "0")]
-    server_cpu: String,
+    pub server_cpu: String,
     /// The slo-hub binary (build it with --release first).
     #[arg(long, default_value = "target/release/slo-hub")]
     hub_bin: PathBuf,
     /// Where results go.
     #[arg(long, default_value = "bench/results")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Extra TOML appended to slo-hub's generated config (e.g. a store setting).
     #[arg(long, default_value = "")]
     hub_extra: String,
@@ -77,9 +78,13 @@ struct Opts {
     /// A label for this run's slo-hub variant in the report.
     #[arg(long, default_value = "")]
     hub_label: String,
+    /// Instead of the comparison: slo-hub's trigger-to-last-tab latency on
+    /// one node versus this many nodes sharing a Redis (needs redis-server).
+    #[arg(long)]
+    cluster_nodes: Option<usize>,
     /// First port to use.
     #[arg(long, default_value_t = 9100)]
-    port: u16,
+    pub port: u16,
 }
 
 /// Figures of one repetition.
@@ -119,6 +124,7 @@ fn main() {
         cpu: opts.server_cpu.clone(),
         hub_extra: opts.hub_extra.replace("\\n", "\n"),
         hub_store: opts.hub_store.clone(),
+        hub_cluster: None,
     };
     if kinds.contains(&Kind::SloHub) {
         assert!(
@@ -134,6 +140,11 @@ fn main() {
     let tokens = kinds
         .contains(&Kind::SloHub)
         .then(|| AuthTokens::generate(&repo, opts.auth_triggers));
+    if let Some(n) = opts.cluster_nodes {
+        let tokens = tokens.expect("the cluster phase runs slo-hub");
+        cluster::run(&opts, env, &rt, &tokens.hs256, n);
+        return;
+    }
     let mut results = Vec::new();
     let mut port = opts.port;
     for kind in kinds {
@@ -167,7 +178,7 @@ fn main() {
 }
 
 /// Tokens of users who log themselves out (slo-hub's authenticated-trigger phases).
-struct AuthTokens {
+pub struct AuthTokens {
     hs256: Vec<String>,
     rs256: Vec<String>,
 }
@@ -349,7 +360,7 @@ async fn run_rep(
 
 /// Connects every (slot, user, token) socket, `concurrency` at a time; returns
 /// the reader tasks and the number of failures.
-async fn connect_all(
+pub async fn connect_all(
     kind: Kind,
     addr: SocketAddr,
     board: &Arc<Board>,
@@ -383,7 +394,7 @@ async fn connect_all(
     (readers, failures)
 }
 
-async fn await_arrivals(board: &Board, slot: usize, n: u32, timeout: Duration) -> bool {
+pub async fn await_arrivals(board: &Board, slot: usize, n: u32, timeout: Duration) -> bool {
     let s = board.slot(slot);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -442,7 +453,7 @@ async fn auth_triggers(addr: SocketAddr, tokens: &[String], concurrency: usize) 
     tokens.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-fn percentile(v: &mut [f64], q: f64) -> f64 {
+pub fn percentile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }

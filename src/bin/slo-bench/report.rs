@@ -143,7 +143,7 @@ pub fn write(out: &Path, results: &[ServerResult], command: &str) -> io::Result<
 }
 
 /// `YYYY-MM-DDTHH-MM-SSZ` from the system clock (no date crate needed).
-fn chrono_like_stamp() -> String {
+pub fn chrono_like_stamp() -> String {
     let secs = slo_hub::util::now_secs() as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);

@@ -24,6 +24,8 @@ pub struct Env {
     pub hub_extra: String,
     /// slo-hub's `store` setting.
     pub hub_store: String,
+    /// slo-hub's `cluster` setting (a Redis URL), for the cluster phase.
+    pub hub_cluster: Option<String>,
 }
 
 pub const BENCH_API_KEY: &str = "slo_bench-api-key-for-load-generator";
@@ -169,8 +171,13 @@ fn write_hub_config(env: &Env, port: u16) -> io::Result<PathBuf> {
         let d = ring::digest::digest(&ring::digest::SHA256, BENCH_API_KEY.as_bytes());
         slo_hub::auth::api_keys::hex(d.as_ref())
     };
+    let cluster = env
+        .hub_cluster
+        .as_ref()
+        .map(|u| format!("cluster = \"{u}\"\n"))
+        .unwrap_or_default();
     let text = format!(
-        r#"listen = "127.0.0.1:{port}"
+        r#"{cluster}listen = "127.0.0.1:{port}"
 data_dir = "{data}"
 store = "{store}"
 
@@ -210,6 +217,49 @@ scopes = ["logout:any"]
     let path = env.work.join(format!("hub-{port}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// A redis-server for the cluster phase, pinned like the hubs.
+pub struct RedisServer {
+    child: Child,
+    pub url: String,
+}
+
+impl RedisServer {
+    pub fn start(port: u16, cpu: &str) -> io::Result<RedisServer> {
+        let child = Command::new("taskset")
+            .args(["-c", cpu, "redis-server", "--bind", "127.0.0.1"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other("redis-server did not start"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn repo_root() -> PathBuf {
