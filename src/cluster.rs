@@ -152,12 +152,44 @@ impl Cluster {
     /// once Redis has both.
     pub async fn record(&self, event: &StoredEvent) -> Result<(), StoreError> {
         let json = serde_json::to_string(event).map_err(|e| StoreError::Write(e.to_string()))?;
+        // The connection manager reconnects lazily, after a request failed:
+        // the first request after an outage may meet the dead connection, so
+        // a connection error is tried once more (both steps are idempotent
+        // for watermarks; a duplicate stream entry is applied harmlessly).
+        match self.try_record(event, &json).await {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                self.try_record(event, &json).await
+            }
+            other => other,
+        }
+        .map_err(|e| {
+            self.ready.store(false, Ordering::Release);
+            unavailable(e)
+        })
+    }
+
+    /// Makes the writer connection usable (reconnecting if needed).
+    async fn writer_alive(&self) -> bool {
         let mut con = self.writer.clone();
-        let result = async {
+        for _ in 0..2 {
+            if redis::cmd("PING")
+                .query_async::<String>(&mut con)
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn try_record(&self, event: &StoredEvent, json: &str) -> Result<(), redis::RedisError> {
+        let mut con = self.writer.clone();
+        async {
             let _: i64 = self
                 .set_if_newer
                 .key(key(event))
-                .arg(&json)
+                .arg(json)
                 .arg(event.at_ms)
                 .arg(self.ttl_ms)
                 .invoke_async(&mut con)
@@ -171,16 +203,12 @@ impl Cluster {
                 .arg("n")
                 .arg(&self.node_id)
                 .arg("e")
-                .arg(&json)
+                .arg(json)
                 .query_async(&mut con)
                 .await?;
             Ok::<(), redis::RedisError>(())
         }
-        .await;
-        result.map_err(|e| {
-            self.ready.store(false, Ordering::Release);
-            unavailable(e)
-        })
+        .await
     }
 }
 
@@ -297,6 +325,11 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
             match v {
                 Ok(v) => {
                     if lost {
+                        // Ready only when triggers can be recorded again too.
+                        if !cluster.writer_alive().await {
+                            tokio::time::sleep(backoff).await;
+                            continue 'outer;
+                        }
                         tracing::info!("cluster: Redis is back; caught up");
                         lost = false;
                     }

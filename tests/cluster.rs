@@ -1,7 +1,7 @@
-//! Several hub nodes on one real Redis (a `redis-server` this test starts on
-//! an ephemeral port): a logout on any node reaches every node's sockets
-//! once; Redis going away answers 503 and makes the nodes not ready; when
-//! it is back they serve again and no logout from before is forgotten.
+//! Several hub processes on one real Redis (a `redis-server` this test
+//! starts on an ephemeral port): a logout on any node reaches every node's
+//! sockets once; Redis going away answers 503 and makes the nodes not ready;
+//! when it is back they serve again and no logout from before is forgotten.
 
 mod common;
 
@@ -9,8 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, TEST_ISS, TestHub, hs256_token};
-use serde_json::json;
+use common::process::{Running, config_file};
+use common::{API_KEY, TEST_AUD, TEST_ISS, TEST_SECRET, Ws, hs256_token, sha256_hex};
+use serde_json::{Value, json};
 
 /// A redis-server of our own, persisting to `dir` (AOF, fsync always) so a
 /// restart keeps what it had, as a production Redis would be configured.
@@ -61,62 +62,121 @@ impl Drop for Redis {
     }
 }
 
-async fn node(url: &str) -> TestHub {
-    let url = url.to_string();
-    TestHub::with(move |c| c.cluster = Some(url)).await
+/// A hub process (production mode) on the shared Redis, with the HS256 test
+/// issuer and the test API key.
+struct Node {
+    process: Option<Running>,
+    base: String,
+    _dir: tempfile::TempDir,
+    _cfg: tempfile::TempDir,
 }
 
-async fn logout_alice(hub: &TestHub) -> (u16, serde_json::Value) {
-    hub.logout(API_KEY, json!({"sub": "alice", "iss": TEST_ISS}))
-        .await
-}
+impl Node {
+    fn start(redis_url: &str) -> Node {
+        let listen = format!("127.0.0.1:{}", common::free_port());
+        let (cfg, path) = config_file(&format!(
+            r#"listen = "{listen}"
+cluster = "{redis_url}"
 
-/// Waits (bounded) until /readyz answers `want`.
-async fn wait_ready(hub: &TestHub, want: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = hub
-            .http
-            .get(format!("{}/readyz", hub.url))
+[[issuers]]
+issuer = "{TEST_ISS}"
+audiences = ["{TEST_AUD}"]
+algorithms = ["HS256"]
+hs256_secret = "{TEST_SECRET}"
+
+[[api_keys]]
+name = "test"
+sha256 = "{}"
+scopes = ["logout:any"]
+"#,
+            sha256_hex(API_KEY)
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let process = Running::start(&["serve", "--config", &path], &[], dir.path());
+        Node {
+            process: Some(process),
+            base: format!("http://{listen}"),
+            _dir: dir,
+            _cfg: cfg,
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("{}/v1/ws", self.base.replacen("http", "ws", 1))
+    }
+
+    async fn socket(&self, token: &str) -> Ws {
+        let mut ws = Ws::connect(&self.ws_url(), None).await.unwrap();
+        ws.send_json(json!({"type": "auth", "token": token})).await;
+        assert_eq!(ws.recv_json().await["type"], "ready");
+        ws
+    }
+
+    async fn logout(&self, sub: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/logout", self.base))
+            .bearer_auth(API_KEY)
+            .json(&json!({"sub": sub, "iss": TEST_ISS}))
             .send()
             .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status == want {
-            return;
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    /// Waits (bounded) until /readyz answers `want`.
+    async fn wait_ready(&self, want: u16) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = reqwest::get(format!("{}/readyz", self.base))
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            if status == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz stayed {status}, wanted {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz stayed {status}, wanted {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(p) = self.process.take() {
+            p.kill9();
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_share_logouts_through_redis_and_survive_its_outage() {
+async fn three_hub_processes_share_logouts_through_redis_and_survive_its_outage() {
     let Some(bin) = common::require_program("redis-server", &["/usr/bin/redis-server"]) else {
         return;
     };
+    slo_hub::auth::crypto::install();
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let mut redis = Redis::start(&bin, dir.path(), port);
     let nodes = [
-        node(&redis.url()).await,
-        node(&redis.url()).await,
-        node(&redis.url()).await,
+        Node::start(&redis.url()),
+        Node::start(&redis.url()),
+        Node::start(&redis.url()),
     ];
 
     // Alice on every node, Bob on node 3.
     let old = hs256_token(json!({"sub": "alice"}));
     let mut alice = Vec::new();
     for n in &nodes {
-        alice.push(n.socket(&old).await.0);
+        alice.push(n.socket(&old).await);
     }
-    let (mut bob, _) = nodes[2].socket(&hs256_token(json!({"sub": "bob"}))).await;
+    let mut bob = nodes[2].socket(&hs256_token(json!({"sub": "bob"}))).await;
 
-    let (status, body) = logout_alice(&nodes[0]).await;
+    let (status, body) = nodes[0].logout("alice").await;
     assert_eq!(status, 200, "{body}");
     for ws in &mut alice {
         assert_eq!(ws.recv_json().await["type"], "logout");
@@ -127,40 +187,32 @@ async fn three_nodes_share_logouts_through_redis_and_survive_its_outage() {
 
     // Redis goes away: no 2xx for a logout that was not recorded, not ready.
     redis.kill();
-    let (status, body) = nodes[1]
-        .logout(API_KEY, json!({"sub": "bob", "iss": TEST_ISS}))
-        .await;
+    let (status, body) = nodes[1].logout("bob").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("Redis"),
         "{body}"
     );
     for n in &nodes {
-        wait_ready(n, 503).await;
+        n.wait_ready(503).await;
     }
 
     // Back (same data): the nodes recover by themselves and serve again.
     let _redis = Redis::start(&bin, dir.path(), port);
     for n in &nodes {
-        wait_ready(n, 200).await;
+        n.wait_ready(200).await;
     }
-    let (status, body) = nodes[1]
-        .logout(API_KEY, json!({"sub": "bob", "iss": TEST_ISS}))
-        .await;
+    let (status, body) = nodes[1].logout("bob").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(bob.recv_json().await["type"], "logout");
 
     // Nothing from before the outage is forgotten: not by the nodes, and not
     // by a node that joins now and knows it only from Redis.
-    let late = node(&redis_url(port)).await;
+    let late = Node::start(&format!("redis://127.0.0.1:{port}/"));
     for n in nodes.iter().chain([&late]) {
-        let mut ws = common::Ws::connect(&n.ws_url, None).await.unwrap();
+        let mut ws = Ws::connect(&n.ws_url(), None).await.unwrap();
         ws.send_json(json!({"type": "auth", "token": old})).await;
         assert_eq!(ws.recv_json().await["type"], "logout");
         assert_eq!(ws.close_code().await, Some(4000));
     }
-}
-
-fn redis_url(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}/")
 }

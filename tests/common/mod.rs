@@ -418,6 +418,7 @@ impl RawClient {
 }
 
 pub mod browser;
+pub mod process;
 
 /// Finds an outside program a test needs. Missing: the test says so loudly
 /// and is skipped — unless `SLO_HUB_REQUIRE_ALL=1` (CI), where it fails.
