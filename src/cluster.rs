@@ -1,10 +1,11 @@
 //! Several hub nodes on one Redis: shared watermarks and cross-node fan-out.
 //!
-//! * **Watermarks** are Redis keys (`slo:wm:{u|s}:{iss}:{sub|sid}`, JSON of
-//!   the event, expiring after the longest token lifetime), set by a small
-//!   Lua script that never lets an older logout replace a newer one. A node
-//!   loads them all (`SCAN`) at start, so a client that reconnects to any
-//!   node is checked against every logout, locally and without a round trip.
+//! * **Durable records** (watermarks, and every other [`Kind`]) are Redis
+//!   keys `slo:{kind}:{key}` holding the JSON [`Record`], expiring with it
+//!   (`PX`), set by a small Lua script that never lets a lower version
+//!   replace a higher one. A node loads them all (`SCAN`) at start, so a
+//!   client that reconnects to any node is checked against every logout,
+//!   locally and without a round trip.
 //! * **Fan-out** goes through a Redis **Stream** (`slo:logouts`, capped),
 //!   not pub/sub: each node reads it with `XREAD BLOCK` from the last id it
 //!   saw, so a node that lost Redis for a while resumes where it stopped and
@@ -27,8 +28,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 
 use crate::App;
-use crate::store::StoreError;
 use crate::store::embedded::StoredEvent;
+use crate::store::{Kind, Record, StoreError};
 use crate::util;
 
 const STREAM: &str = "slo:logouts";
@@ -36,17 +37,18 @@ const STREAM: &str = "slo:logouts";
 const STREAM_MAX_LEN: usize = 1_000_000;
 const BLOCK_MS: usize = 2_000;
 
-/// Sets a watermark unless a newer one is there. KEYS[1] key, ARGV[1] JSON,
-/// ARGV[2] at_ms, ARGV[3] ttl in ms.
+/// Sets a record unless one of a higher version is there. KEYS[1] key,
+/// ARGV[1] JSON, ARGV[2] version, ARGV[3] ttl in ms.
 const SET_IF_NEWER: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local t = tonumber(string.match(cur, '"at_ms":(%-?%d+)'))
-  if t and t > tonumber(ARGV[2]) then return 0 end
+  local v = tonumber(string.match(cur, '"version":(%-?%d+)'))
+  if v and v > tonumber(ARGV[2]) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 "#;
+const KEY_PREFIX: &str = "slo:";
 
 pub struct Cluster {
     client: Client,
@@ -54,16 +56,14 @@ pub struct Cluster {
     set_if_newer: Script,
     /// Distinguishes this node's stream entries from the others'.
     node_id: String,
-    ttl_ms: i64,
     /// The stream reader is connected and caught up.
     ready: AtomicBool,
     /// Stream id to read after (set at start, advanced by the reader).
     start_id: std::sync::Mutex<String>,
 }
 
-fn key(e: &StoredEvent) -> String {
-    let tag = if e.scope == "session" { 's' } else { 'u' };
-    format!("slo:wm:{tag}:{}:{}", e.iss, e.key)
+fn redis_key(r: &Record) -> String {
+    format!("{KEY_PREFIX}{}:{}", r.kind.name(), r.key)
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -71,11 +71,8 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 }
 
 impl Cluster {
-    /// Connects, and returns every watermark stored in Redis.
-    pub async fn connect(
-        url: &str,
-        ttl_secs: u64,
-    ) -> Result<(Cluster, Vec<StoredEvent>), StoreError> {
+    /// Connects, and returns every record stored in Redis.
+    pub async fn connect(url: &str) -> Result<(Cluster, Vec<Record>), StoreError> {
         let open = |reason: String| StoreError::Open {
             path: url.into(),
             reason,
@@ -103,41 +100,46 @@ impl Cluster {
             .map_err(|e| open(e.to_string()))?;
         let start_id = first_entry_id(&last).unwrap_or_else(|| "0-0".into());
         let mut stored = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg("slo:wm:*")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut writer)
-                .await
-                .map_err(|e| open(e.to_string()))?;
-            if !keys.is_empty() {
-                let values: Vec<Option<String>> = redis::cmd("MGET")
-                    .arg(&keys)
+        for kind in Kind::ALL {
+            let prefix = format!("{KEY_PREFIX}{}:", kind.name());
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000)
                     .query_async(&mut writer)
                     .await
                     .map_err(|e| open(e.to_string()))?;
-                stored.extend(
-                    values
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|v| serde_json::from_str::<StoredEvent>(&v).ok()),
-                );
+                if !keys.is_empty() {
+                    let values: Vec<Option<String>> = redis::cmd("MGET")
+                        .arg(&keys)
+                        .query_async(&mut writer)
+                        .await
+                        .map_err(|e| open(e.to_string()))?;
+                    for (k, v) in keys.iter().zip(values) {
+                        let Some(mut r) = v.and_then(|v| serde_json::from_str::<Record>(&v).ok())
+                        else {
+                            continue;
+                        };
+                        r.kind = kind;
+                        r.key = k[prefix.len()..].to_string();
+                        stored.push(r);
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         let cluster = Cluster {
             client,
             writer,
             set_if_newer: Script::new(SET_IF_NEWER),
             node_id: util::random_id(),
-            ttl_ms: ttl_secs as i64 * 1000,
             ready: AtomicBool::new(true),
             start_id: std::sync::Mutex::new(start_id),
         };
@@ -148,17 +150,16 @@ impl Cluster {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Records a watermark and announces it to the other nodes. Returns
-    /// once Redis has both.
-    pub async fn record(&self, event: &StoredEvent) -> Result<(), StoreError> {
-        let json = serde_json::to_string(event).map_err(|e| StoreError::Write(e.to_string()))?;
+    /// Stores a record and, for a watermark, announces the logout to the
+    /// other nodes. Returns once Redis has both.
+    pub async fn put(&self, record: &Record) -> Result<(), StoreError> {
         // The connection manager reconnects lazily, after a request failed:
         // the first request after an outage may meet the dead connection, so
         // a connection error is tried once more (both steps are idempotent
         // for watermarks; a duplicate stream entry is applied harmlessly).
-        match self.try_record(event, &json).await {
+        match self.try_put(record).await {
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                self.try_record(event, &json).await
+                self.try_put(record).await
             }
             other => other,
         }
@@ -183,17 +184,19 @@ impl Cluster {
         false
     }
 
-    async fn try_record(&self, event: &StoredEvent, json: &str) -> Result<(), redis::RedisError> {
+    async fn try_put(&self, record: &Record) -> Result<(), redis::RedisError> {
         let mut con = self.writer.clone();
-        async {
-            let _: i64 = self
-                .set_if_newer
-                .key(key(event))
-                .arg(json)
-                .arg(event.at_ms)
-                .arg(self.ttl_ms)
-                .invoke_async(&mut con)
-                .await?;
+        let json = serde_json::to_string(record).unwrap_or_default();
+        let ttl = (record.expires_at_ms - util::now_ms()).max(1);
+        let _: i64 = self
+            .set_if_newer
+            .key(redis_key(record))
+            .arg(&json)
+            .arg(record.version)
+            .arg(ttl)
+            .invoke_async(&mut con)
+            .await?;
+        if record.kind == Kind::Watermark {
             let _: String = redis::cmd("XADD")
                 .arg(STREAM)
                 .arg("MAXLEN")
@@ -203,12 +206,11 @@ impl Cluster {
                 .arg("n")
                 .arg(&self.node_id)
                 .arg("e")
-                .arg(json)
+                .arg(&record.data)
                 .query_async(&mut con)
                 .await?;
-            Ok::<(), redis::RedisError>(())
         }
-        .await
+        Ok(())
     }
 }
 

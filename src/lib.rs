@@ -219,8 +219,7 @@ impl Hub {
 
         let (durable, stored, cluster) = if let Some(url) = &config.cluster {
             // Redis is the shared store; a local file would diverge between nodes.
-            let (c, stored) =
-                cluster::Cluster::connect(url, config.max_token_lifetime_secs).await?;
+            let (c, stored) = cluster::Cluster::connect(url).await?;
             let c = Arc::new(c);
             (Durable::Cluster(c.clone()), stored, Some(c))
         } else {

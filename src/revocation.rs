@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::registry::{Delivery, Registry, SessionKey, Target, UserKey};
 use crate::store::embedded::{Journal, StoredEvent};
-use crate::store::{LogoutEvent, Scope, StoreError, Watermarks};
+use crate::store::{LogoutEvent, Record, Scope, StoreError, Watermarks};
 use crate::util;
 use crate::ws::conn::LogoutFrame;
 use crate::ws::{codec, protocol};
@@ -103,9 +103,9 @@ impl Revocation {
     /// Loads watermarks read from the journal at start. Those of issuers no
     /// longer configured, or older than the longest token lifetime, are
     /// skipped. Returns how many were restored.
-    pub fn restore(&self, stored: Vec<StoredEvent>) -> usize {
+    pub fn restore(&self, stored: Vec<Record>) -> usize {
         let mut restored = 0;
-        for s in stored {
+        for s in stored.iter().filter_map(Record::as_watermark) {
             if let Some((target, event)) = self.event_of_stored(s) {
                 self.watermarks.record(&target, Arc::new(event));
                 restored += 1;
@@ -209,11 +209,11 @@ impl Revocation {
             .inc_by(delivery.delivered as u64);
         self.metrics.logout_event(order.source);
         if !matches!(self.durable, Durable::Nothing) {
-            let stored = self.stored(&order.target, &event);
+            let record = Record::watermark(&self.stored(&order.target, &event), self.ttl_ms);
             let started = Instant::now();
             let result = match &self.durable {
-                Durable::Journal(j) => j.record(stored).await,
-                Durable::Cluster(c) => c.record(&stored).await,
+                Durable::Journal(j) => j.put(record).await,
+                Durable::Cluster(c) => c.put(&record).await,
                 Durable::Nothing => Ok(()),
             };
             self.metrics
@@ -315,7 +315,7 @@ impl Revocation {
         let n = self.watermarks.expire(now, self.ttl_ms);
         // Redis expires its keys itself (PX).
         if let Durable::Journal(j) = &self.durable
-            && let Err(e) = j.expire(now - self.ttl_ms).await
+            && let Err(e) = j.expire(now).await
         {
             tracing::warn!(error = %e, "store: expiring old watermarks failed; retrying later");
         }

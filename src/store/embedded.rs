@@ -13,8 +13,10 @@
 //! on a oneshot; the fan-out never waits for the disk (`revocation` publishes
 //! first and awaits the journal before answering).
 //!
-//! Must not: be read on the hot path. The whole set is loaded into
-//! `Watermarks` at start; afterwards this file is only written.
+//! Each [`Kind`] is a table: key → JSON [`Record`] (version, expiry, data).
+//!
+//! Must not: be read on the hot path. Everything is loaded into memory at
+//! start; afterwards this file is only written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,10 +27,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::StoreError;
+use super::{Kind, Record, StoreError};
 
-/// key: `u\x1f{iss}\x1f{sub}` or `s\x1f{iss}\x1f{sid}`; value: JSON [`StoredEvent`].
-const WATERMARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("watermarks");
+fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    TableDefinition::new(kind.name())
+}
 /// Records per transaction at most (a bound on one commit's latency).
 const MAX_BATCH: usize = 1024;
 
@@ -48,15 +51,8 @@ pub struct StoredEvent {
     pub at_ms: i64,
 }
 
-impl StoredEvent {
-    fn db_key(&self) -> String {
-        let tag = if self.scope == "session" { 's' } else { 'u' };
-        format!("{tag}\u{1f}{}\u{1f}{}", self.iss, self.key)
-    }
-}
-
 enum Job {
-    Record(StoredEvent, oneshot::Sender<Result<(), StoreError>>),
+    Put(Record, oneshot::Sender<Result<(), StoreError>>),
     Expire(i64, oneshot::Sender<Result<usize, StoreError>>),
 }
 
@@ -66,9 +62,9 @@ pub struct Journal {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Opens (or creates) the journal in `dir` and returns it with every stored
-/// watermark.
-pub fn open(dir: &Path) -> Result<(Journal, Vec<StoredEvent>), StoreError> {
+/// Opens (or creates) the journal in `dir` and returns it with every record
+/// not yet expired.
+pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), StoreError> {
     let path = dir.join("slo-hub.redb");
     let open_error = |e: redb::DatabaseError| StoreError::Open {
         path: path.clone(),
@@ -102,39 +98,49 @@ pub fn open(dir: &Path) -> Result<(Journal, Vec<StoredEvent>), StoreError> {
     ))
 }
 
-fn load(db: &Database, path: &Path) -> Result<Vec<StoredEvent>, StoreError> {
+fn load(db: &Database, path: &Path) -> Result<Vec<Record>, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Open {
         path: PathBuf::from(path),
         reason: e.to_string(),
     };
-    // Create the table on first start, so reads below find it.
+    // Create the tables on first start, so reads below find them.
     let w = db.begin_write().map_err(|e| corrupt(&e))?;
-    w.open_table(WATERMARKS).map_err(|e| corrupt(&e))?;
+    for kind in Kind::ALL {
+        w.open_table(table(kind)).map_err(|e| corrupt(&e))?;
+    }
     w.commit().map_err(|e| corrupt(&e))?;
+    let now = crate::util::now_ms();
     let r = db.begin_read().map_err(|e| corrupt(&e))?;
-    let table = r.open_table(WATERMARKS).map_err(|e| corrupt(&e))?;
     let mut out = Vec::new();
-    for row in table.iter().map_err(|e| corrupt(&e))? {
-        let (k, v) = row.map_err(|e| corrupt(&e))?;
-        let event: StoredEvent = serde_json::from_slice(v.value())
-            .map_err(|e| corrupt(&format!("watermark {:?}: {e}", k.value())))?;
-        out.push(event);
+    for kind in Kind::ALL {
+        let t = r.open_table(table(kind)).map_err(|e| corrupt(&e))?;
+        for row in t.iter().map_err(|e| corrupt(&e))? {
+            let (k, v) = row.map_err(|e| corrupt(&e))?;
+            let mut record: Record = serde_json::from_slice(v.value())
+                .map_err(|e| corrupt(&format!("{} {:?}: {e}", kind.name(), k.value())))?;
+            if record.expires_at_ms <= now {
+                continue;
+            }
+            record.kind = kind;
+            record.key = k.value().to_string();
+            out.push(record);
+        }
     }
     Ok(out)
 }
 
 impl Journal {
-    /// Records a watermark durably (fsynced) and returns when it is.
-    pub async fn record(&self, event: StoredEvent) -> Result<(), StoreError> {
+    /// Writes a record durably (fsynced) and returns when it is.
+    pub async fn put(&self, record: Record) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.send(Job::Record(event, done))?;
+        self.send(Job::Put(record, done))?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Deletes watermarks older than `before_ms`; returns how many.
-    pub async fn expire(&self, before_ms: i64) -> Result<usize, StoreError> {
+    /// Deletes records expired at `now_ms`; returns how many.
+    pub async fn expire(&self, now_ms: i64) -> Result<usize, StoreError> {
         let (done, wait) = oneshot::channel();
-        self.send(Job::Expire(before_ms, done))?;
+        self.send(Job::Expire(now_ms, done))?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -168,9 +174,9 @@ fn writer(db: Database, rx: mpsc::Receiver<Job>) {
         // Take everything already waiting: one transaction, one fsync.
         while let Some(j) = job.take() {
             match j {
-                Job::Record(e, done) => records.push((e, done)),
-                Job::Expire(before, done) => {
-                    let _ = done.send(expire(&db, before));
+                Job::Put(r, done) => records.push((r, done)),
+                Job::Expire(now, done) => {
+                    let _ = done.send(expire(&db, now));
                 }
             }
             if records.len() < MAX_BATCH {
@@ -190,51 +196,44 @@ fn writer(db: Database, rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn commit<'a>(
-    db: &Database,
-    events: impl Iterator<Item = &'a StoredEvent>,
-) -> Result<(), StoreError> {
+fn commit<'a>(db: &Database, records: impl Iterator<Item = &'a Record>) -> Result<(), StoreError> {
     let fail = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
     let w = db.begin_write().map_err(|e| fail(&e))?;
-    {
-        let mut table = w.open_table(WATERMARKS).map_err(|e| fail(&e))?;
-        for e in events {
-            let key = e.db_key();
-            // Watermarks only move forward, whatever order commits come in.
-            let newer = match table.get(key.as_str()).map_err(|e| fail(&e))? {
-                Some(old) => serde_json::from_slice::<StoredEvent>(old.value())
-                    .map(|old| e.at_ms >= old.at_ms)
-                    .unwrap_or(true),
-                None => true,
-            };
-            if newer {
-                let value = serde_json::to_vec(e).map_err(|e| fail(&e))?;
-                table
-                    .insert(key.as_str(), value.as_slice())
-                    .map_err(|e| fail(&e))?;
-            }
+    for r in records {
+        let mut t = w.open_table(table(r.kind)).map_err(|e| fail(&e))?;
+        // Never replace a record of a higher version, whatever order
+        // commits come in (a watermark only moves forward).
+        let newer = match t.get(r.key.as_str()).map_err(|e| fail(&e))? {
+            Some(old) => serde_json::from_slice::<Record>(old.value())
+                .map(|old| r.version >= old.version)
+                .unwrap_or(true),
+            None => true,
+        };
+        if newer {
+            let value = serde_json::to_vec(r).map_err(|e| fail(&e))?;
+            t.insert(r.key.as_str(), value.as_slice())
+                .map_err(|e| fail(&e))?;
         }
     }
     w.commit().map_err(|e| fail(&e))
 }
 
-fn expire(db: &Database, before_ms: i64) -> Result<usize, StoreError> {
+fn expire(db: &Database, now_ms: i64) -> Result<usize, StoreError> {
     let fail = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
     let w = db.begin_write().map_err(|e| fail(&e))?;
     let mut removed = 0;
-    {
-        let mut table = w.open_table(WATERMARKS).map_err(|e| fail(&e))?;
-        table
-            .retain(|_, v| {
-                let keep = serde_json::from_slice::<StoredEvent>(v)
-                    .map(|e| e.at_ms >= before_ms)
-                    .unwrap_or(false);
-                if !keep {
-                    removed += 1;
-                }
-                keep
-            })
-            .map_err(|e| fail(&e))?;
+    for kind in Kind::ALL {
+        let mut t = w.open_table(table(kind)).map_err(|e| fail(&e))?;
+        t.retain(|_, v| {
+            let keep = serde_json::from_slice::<Record>(v)
+                .map(|r| r.expires_at_ms > now_ms)
+                .unwrap_or(false);
+            if !keep {
+                removed += 1;
+            }
+            keep
+        })
+        .map_err(|e| fail(&e))?;
     }
     w.commit().map_err(|e| fail(&e))?;
     Ok(removed)
@@ -244,8 +243,8 @@ fn expire(db: &Database, before_ms: i64) -> Result<usize, StoreError> {
 mod tests {
     use super::*;
 
-    fn ev(key: &str, at_ms: i64) -> StoredEvent {
-        StoredEvent {
+    fn ev(key: &str, at_ms: i64) -> Record {
+        let e = StoredEvent {
             iss: "https://issuer".into(),
             scope: "user".into(),
             key: key.into(),
@@ -254,30 +253,39 @@ mod tests {
             sid: None,
             reason: "test".into(),
             at_ms,
-        }
+        };
+        Record::watermark(&e, 1_000)
+    }
+
+    fn sorted(mut v: Vec<Record>) -> Vec<i64> {
+        v.sort_by_key(|r| r.version);
+        v.iter().map(|r| r.version).collect()
     }
 
     #[tokio::test]
     async fn survives_reopen_keeps_the_newest_and_expires() {
         let dir = tempfile::tempdir().unwrap();
+        let now = crate::util::now_ms();
         let (j, loaded) = open(dir.path()).unwrap();
         assert!(loaded.is_empty());
-        j.record(ev("alice", 2_000)).await.unwrap();
-        j.record(ev("alice", 1_000)).await.unwrap();
-        j.record(ev("bob", 500)).await.unwrap();
+        j.put(ev("alice", now + 2_000)).await.unwrap();
+        j.put(ev("alice", now + 1_000)).await.unwrap();
+        j.put(ev("bob", now + 500)).await.unwrap();
         // A second opener is refused while the first holds the file.
         match open(dir.path()) {
             Err(StoreError::Open { reason, .. }) => assert!(reason.contains("locked"), "{reason}"),
             other => panic!("expected a locked store, got {:?}", other.map(|_| ())),
         }
         j.close();
-        let (j, mut loaded) = open(dir.path()).unwrap();
-        loaded.sort_by_key(|e| e.at_ms);
-        assert_eq!(loaded, vec![ev("bob", 500), ev("alice", 2_000)]);
-        assert_eq!(j.expire(1_000).await.unwrap(), 1);
+        let (j, loaded) = open(dir.path()).unwrap();
+        assert_eq!(sorted(loaded.clone()), vec![now + 500, now + 2_000]);
+        let alice = loaded.iter().find(|r| r.version == now + 2_000).unwrap();
+        assert_eq!(alice.as_watermark().unwrap().key, "alice");
+        // bob's record expires at now + 1,500, alice's at now + 3,000.
+        assert_eq!(j.expire(now + 1_600).await.unwrap(), 1);
         j.close();
         let (_j, loaded) = open(dir.path()).unwrap();
-        assert_eq!(loaded, vec![ev("alice", 2_000)]);
+        assert_eq!(sorted(loaded), vec![now + 2_000]);
     }
 
     #[test]

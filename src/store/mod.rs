@@ -17,6 +17,73 @@ use dashmap::DashMap;
 
 use crate::registry::{SessionKey, Target, UserKey};
 
+/// The kinds of state that must outlive the process. Each has its own key
+/// space (a redb table, a Redis key prefix) and its records expire by
+/// themselves. Watermarks are the kind that exists today; the session graph,
+/// consumed transfer tokens and the back-channel `jti` replay cache are
+/// meant to become kinds of their own here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// The latest logout of a user or session ([`embedded::StoredEvent`]).
+    Watermark,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 1] = [Kind::Watermark];
+
+    /// The table / key-prefix name (stable: it is on disk and in Redis).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Watermark => "watermarks",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// One durable record. A record never replaces one with a higher
+/// `version` (for watermarks: the logout's time), and is gone after
+/// `expires_at_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    #[serde(skip, default = "default_kind")]
+    pub kind: Kind,
+    #[serde(skip)]
+    pub key: String,
+    pub version: i64,
+    pub expires_at_ms: i64,
+    /// The record's content, JSON.
+    pub data: String,
+}
+
+fn default_kind() -> Kind {
+    Kind::Watermark
+}
+
+impl Record {
+    /// A watermark record, kept until no token it could revoke is valid.
+    pub fn watermark(e: &embedded::StoredEvent, ttl_ms: i64) -> Record {
+        let tag = if e.scope == "session" { 's' } else { 'u' };
+        Record {
+            kind: Kind::Watermark,
+            key: format!("{tag}\u{1f}{}\u{1f}{}", e.iss, e.key),
+            version: e.at_ms,
+            expires_at_ms: e.at_ms + ttl_ms,
+            // A struct of strings and integers always serializes.
+            data: serde_json::to_string(e).unwrap_or_default(),
+        }
+    }
+
+    /// The stored event of a watermark record.
+    pub fn as_watermark(&self) -> Option<embedded::StoredEvent> {
+        (self.kind == Kind::Watermark)
+            .then(|| serde_json::from_str(&self.data).ok())
+            .flatten()
+    }
+}
+
 /// Why durable state could not be opened or written.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
