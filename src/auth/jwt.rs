@@ -56,7 +56,9 @@ struct AccessClaims {
     sub: Option<String>,
     sid: Option<String>,
     iat: Option<u64>,
-    exp: u64,
+    /// Optional here so a missing `exp` is named as such (serde would only
+    /// say "malformed"); required below.
+    exp: Option<u64>,
     client_id: Option<String>,
     azp: Option<String>,
     events: Option<serde_json::Value>,
@@ -203,6 +205,7 @@ impl Issuer {
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &key.validation)
             .map_err(map_jwt_error)?;
         let c = data.claims;
+        let exp = c.exp.ok_or(AuthError::MissingClaim("exp"))?;
         if c.events.is_some() {
             // A logout token / SET carries `events`; it must never act as an access token.
             return Err(AuthError::WrongTokenKind);
@@ -216,7 +219,7 @@ impl Issuer {
         if iat > now + self.leeway {
             return Err(AuthError::NotYetValid);
         }
-        if c.exp.saturating_sub(iat) > max_lifetime {
+        if exp.saturating_sub(iat) > max_lifetime {
             return Err(AuthError::LifetimeTooLong);
         }
         if sub.len() > 255 || c.sid.as_ref().is_some_and(|s| s.len() > 255) {
@@ -227,7 +230,7 @@ impl Issuer {
             sub,
             sid: c.sid.filter(|s| !s.is_empty()),
             iat: iat as i64,
-            exp: c.exp as i64,
+            exp: exp as i64,
             client_id: c.client_id.or(c.azp),
         })
     }
@@ -273,7 +276,8 @@ pub(crate) fn inspect(token: &str) -> Result<(RawHeader, Algorithm, Option<Strin
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\');
         if !ok {
-            return Err(AuthError::UnknownKey);
+            // Path or injection characters: not a key id of any issuer.
+            return Err(AuthError::Malformed);
         }
     }
     let payload = URL_SAFE_NO_PAD
@@ -367,7 +371,7 @@ mod tests {
                 b64(&serde_json::json!({"alg": "RS256", "kid": kid})),
                 b64(&serde_json::json!({}))
             );
-            assert_eq!(inspect(&t).unwrap_err(), AuthError::UnknownKey, "{kid}");
+            assert_eq!(inspect(&t).unwrap_err(), AuthError::Malformed, "{kid}");
         }
     }
 

@@ -200,10 +200,13 @@ impl Authenticator {
         if cred.is_empty() {
             return Err(AuthError::Missing);
         }
-        if cred.bytes().filter(|&b| b == b'.').count() == 2 {
+        if cred.starts_with(api_keys::KEY_PREFIX) {
+            self.api_keys.verify(cred).map(Credential::Backend)
+        } else if cred.bytes().filter(|&b| b == b'.').count() == 2 {
             self.verify_token(cred).await.map(Credential::User)
         } else {
-            self.api_keys.verify(cred).map(Credential::Backend)
+            // Neither an API key nor a JWT: say so, rather than "bad key".
+            Err(AuthError::Malformed)
         }
     }
 }
