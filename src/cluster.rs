@@ -169,6 +169,29 @@ impl Cluster {
         })
     }
 
+    /// Stores `record` only if its key is new; returns whether it was
+    /// (`SET NX`: the one node that wins acts on it).
+    pub async fn put_once(&self, record: &Record) -> Result<bool, StoreError> {
+        let mut con = self.writer.clone();
+        let json = serde_json::to_string(record).unwrap_or_default();
+        let ttl = (record.expires_at_ms - util::now_ms()).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(redis_key(record))
+            .arg(&json)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl);
+        let first: Option<String> = match cmd.query_async(&mut con).await {
+            Ok(v) => v,
+            // Once more after a dropped connection (see `put`).
+            Err(_) => cmd.query_async(&mut con).await.map_err(|e| {
+                self.ready.store(false, Ordering::Release);
+                unavailable(e)
+            })?,
+        };
+        Ok(first.is_some())
+    }
+
     /// Makes the writer connection usable (reconnecting if needed).
     async fn writer_alive(&self) -> bool {
         let mut con = self.writer.clone();

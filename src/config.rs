@@ -176,6 +176,10 @@ pub struct IssuerSettings {
     /// Minimum seconds between two JWKS refetches caused by unknown `kid`s.
     #[serde(default = "default_jwks_refetch")]
     pub jwks_min_refetch_secs: u64,
+    /// Refuse back-channel logout tokens without `typ: logout+jwt`
+    /// (OpenID Back-Channel Logout 1.0 §2.4 recommends the explicit type).
+    #[serde(default)]
+    pub require_logout_typ: bool,
 }
 
 fn default_leeway() -> u64 {

@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
+use crate::auth::IssuerId;
 use crate::metrics::Metrics;
 use crate::registry::{Delivery, Registry, SessionKey, Target, UserKey};
 use crate::store::embedded::{Journal, StoredEvent};
-use crate::store::{LogoutEvent, Record, Scope, StoreError, Watermarks};
+use crate::store::{Kind, LogoutEvent, Record, Scope, StoreError, Watermarks};
 use crate::util;
 use crate::ws::conn::LogoutFrame;
 use crate::ws::{codec, protocol};
@@ -73,6 +74,8 @@ pub struct Revocation {
     durable: Durable,
     /// Issuer names by `IssuerId`: the journal stores names, not positions.
     issuer_names: Vec<String>,
+    /// Back-channel logout `jti`s already acted on, with their expiry (ms).
+    jtis: DashMap<(IssuerId, Box<str>), i64>,
 }
 
 #[derive(Default)]
@@ -97,6 +100,7 @@ impl Revocation {
             ttl_ms: ttl_secs as i64 * 1000,
             durable,
             issuer_names,
+            jtis: DashMap::new(),
         }
     }
 
@@ -105,6 +109,16 @@ impl Revocation {
     /// skipped. Returns how many were restored.
     pub fn restore(&self, stored: Vec<Record>) -> usize {
         let mut restored = 0;
+        for r in stored.iter().filter(|r| r.kind == Kind::LogoutJti) {
+            let Some((iss, jti)) = r.key.split_once('\u{1f}') else {
+                continue;
+            };
+            if let Some(pos) = self.issuer_names.iter().position(|n| n == iss) {
+                self.jtis
+                    .insert((IssuerId(pos as u16), jti.into()), r.expires_at_ms);
+                restored += 1;
+            }
+        }
         for s in stored.iter().filter_map(Record::as_watermark) {
             if let Some((target, event)) = self.event_of_stored(s) {
                 self.watermarks.record(&target, Arc::new(event));
@@ -162,6 +176,48 @@ impl Revocation {
             at_ms: s.at_ms,
         };
         Some((target, event))
+    }
+
+    /// Claims a back-channel logout token's `jti`: true the first time (the
+    /// caller then carries the logout out), false for a replay. Durable like
+    /// the logouts themselves; across nodes, Redis decides who is first.
+    pub async fn claim_jti(
+        &self,
+        iss: IssuerId,
+        jti: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = (iss, Box::<str>::from(jti));
+        match self.jtis.entry(key) {
+            dashmap::mapref::entry::Entry::Occupied(_) => return Ok(false),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                v.insert(expires_at_ms);
+            }
+        }
+        let name = self
+            .issuer_names
+            .get(iss.0 as usize)
+            .cloned()
+            .unwrap_or_default();
+        let record = Record::logout_jti(&name, jti, expires_at_ms);
+        let result = match &self.durable {
+            Durable::Nothing => Ok(true),
+            Durable::Journal(j) => j.put(record).await.map(|()| true),
+            Durable::Cluster(c) => c.put_once(&record).await,
+        };
+        if !matches!(result, Ok(true)) {
+            // Not recorded (or another node was first): a retry must not be
+            // mistaken for a replay of a logout that was never carried out.
+            if result.is_err() {
+                self.jtis.remove(&(iss, Box::<str>::from(jti)));
+            }
+        }
+        result
+    }
+
+    /// Forgets a claimed `jti` whose logout could not be carried out.
+    pub fn release_jti(&self, iss: IssuerId, jti: &str) {
+        self.jtis.remove(&(iss, Box::<str>::from(jti)));
     }
 
     /// Finishes pending journal writes and releases the store's file.
@@ -313,6 +369,7 @@ impl Revocation {
     pub async fn expire(&self) -> usize {
         let now = util::now_ms();
         let n = self.watermarks.expire(now, self.ttl_ms);
+        self.jtis.retain(|_, exp| *exp > now);
         // Redis expires its keys itself (PX).
         if let Durable::Journal(j) = &self.durable
             && let Err(e) = j.expire(now).await

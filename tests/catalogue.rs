@@ -9,7 +9,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{TEST_AUD, TEST_ISS, TEST_SECRET, TestHub, Ws, hs256_token};
+use common::{TEST_AUD, TEST_ISS, TEST_SECRET, TestHub, Ws, forge, hs256_token};
 use serde_json::{Value, json};
 use slo_hub::config::{IssuerSettings, StaticKey};
 
@@ -33,22 +33,14 @@ async fn hub() -> TestHub {
             hs256_secret: None,
             leeway_secs: 5,
             jwks_min_refetch_secs: 30,
+            require_logout_typ: false,
         });
     })
     .await
 }
 
 fn b64(v: &Value) -> String {
-    B64.encode(v.to_string())
-}
-
-/// A token from raw header and claims JSON, signed HS256 with `secret`
-/// (whatever the header says).
-fn forge(header: &Value, claims: &Value, secret: &[u8]) -> String {
-    let input = format!("{}.{}", b64(header), b64(claims));
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    let sig = ring::hmac::sign(&key, input.as_bytes());
-    format!("{input}.{}", B64.encode(sig.as_ref()))
+    common::b64_json(v)
 }
 
 fn claims(overrides: Value) -> Value {

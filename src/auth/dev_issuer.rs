@@ -101,6 +101,7 @@ impl DevIssuer {
             hs256_secret: None,
             leeway_secs: 5,
             jwks_min_refetch_secs: 30,
+            require_logout_typ: false,
         }
     }
 

@@ -67,7 +67,7 @@ struct AccessClaims {
 /// Header fields the hub looks at, parsed by us so that an unknown `alg`
 /// (`none`, `None`, `HS1`) gets a precise answer instead of a JSON error.
 #[derive(Debug, Deserialize)]
-pub(crate) struct RawHeader {
+pub struct RawHeader {
     pub alg: String,
     pub kid: Option<String>,
     pub typ: Option<String>,
@@ -93,6 +93,32 @@ pub struct Issuer {
     hmac: Option<Arc<VerifyKey>>,
     pub jwks_url: Option<String>,
     pub jwks_min_refetch_secs: u64,
+    /// Back-channel logout tokens must carry `typ: logout+jwt`.
+    pub require_logout_typ: bool,
+}
+
+/// The claims of a verified back-channel logout token that the hub acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutClaims {
+    pub issuer: IssuerId,
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: String,
+    pub exp: i64,
+}
+
+/// OpenID Back-Channel Logout 1.0 §2.4: the event member a logout token carries.
+pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+#[derive(Deserialize)]
+struct RawLogoutClaims {
+    sub: Option<String>,
+    sid: Option<String>,
+    iat: Option<u64>,
+    exp: Option<u64>,
+    jti: Option<String>,
+    events: Option<serde_json::Map<String, serde_json::Value>>,
+    nonce: Option<serde_json::Value>,
 }
 
 impl Issuer {
@@ -113,6 +139,7 @@ impl Issuer {
             keys: RwLock::new(Arc::new(HashMap::new())),
             hmac: None,
             jwks_url: s.jwks_url.clone(),
+            require_logout_typ: s.require_logout_typ,
             jwks_min_refetch_secs: s.jwks_min_refetch_secs,
         };
         if let Some(secret) = &s.hs256_secret {
@@ -192,6 +219,54 @@ impl Issuer {
             None => None,
         };
         found.cloned().ok_or(AuthError::UnknownKey)
+    }
+
+    /// A logout token's signature and claims (§2.6). `now`: epoch seconds.
+    pub fn verify_logout(
+        &self,
+        token: &str,
+        key: &VerifyKey,
+        now: u64,
+    ) -> Result<LogoutClaims, AuthError> {
+        let mut v = key.validation.clone();
+        // `sub` is optional in a logout token (`sid` may stand alone).
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let c = jsonwebtoken::decode::<RawLogoutClaims>(token, &key.key, &v)
+            .map_err(map_jwt_error)?
+            .claims;
+        let events = c.events.ok_or(AuthError::MissingClaim("events"))?;
+        if !events.get(BACKCHANNEL_EVENT).is_some_and(|e| e.is_object()) {
+            return Err(AuthError::WrongTokenKind);
+        }
+        if c.nonce.is_some() {
+            // §2.4: a nonce marks an ID token; it is prohibited here.
+            return Err(AuthError::WrongTokenKind);
+        }
+        let iat = c.iat.ok_or(AuthError::MissingClaim("iat"))?;
+        if iat > now + self.leeway {
+            return Err(AuthError::NotYetValid);
+        }
+        let jti = c
+            .jti
+            .filter(|j| !j.is_empty() && j.len() <= 255)
+            .ok_or(AuthError::MissingClaim("jti"))?;
+        let sub = c.sub.filter(|s| !s.is_empty());
+        let sid = c.sid.filter(|s| !s.is_empty());
+        if sub.is_none() && sid.is_none() {
+            return Err(AuthError::MissingClaim("sub"));
+        }
+        if sub.as_ref().is_some_and(|s| s.len() > 255)
+            || sid.as_ref().is_some_and(|s| s.len() > 255)
+        {
+            return Err(AuthError::BadClaims);
+        }
+        Ok(LogoutClaims {
+            issuer: self.id,
+            sub,
+            sid,
+            jti,
+            exp: c.exp.unwrap_or(now) as i64,
+        })
     }
 
     /// Signature and claims. `now` is seconds since the epoch.
@@ -322,6 +397,7 @@ pub(crate) fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
             "iss" => "iss",
             "aud" => "aud",
             "sub" => "sub",
+            "iat" => "iat",
             _ => "unknown",
         }),
         ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) => AuthError::BadClaims,

@@ -1,6 +1,7 @@
 //! The HTTP API: one module per endpoint group, merged into one router here.
 //!
 //! * `logout` — `POST /v1/logout`, the trigger.
+//! * `backchannel` — `POST /v1/backchannel-logout`, OpenID Back-Channel Logout.
 //! * `dev` — `POST /dev/token` and `GET /.well-known/jwks.json`.
 //! * `health` — `/healthz`, `/readyz`, `/metrics`.
 //! * `assets` — the JS client library and the pages the hub serves.
@@ -14,6 +15,7 @@
 //! `revocation`.
 
 pub mod assets;
+pub mod backchannel;
 pub mod dev;
 pub mod health;
 pub mod logout;
@@ -36,6 +38,7 @@ pub fn router(app: Arc<App>) -> Router {
     let cors = cors(&app);
     let api = Router::new()
         .merge(logout::router())
+        .merge(backchannel::router())
         .merge(dev::router())
         .layer(cors);
     Router::new()
@@ -81,6 +84,7 @@ async fn count_rejections(State(app): State<Arc<App>>, req: Request, next: Next)
 fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
     match path.map(|p| p.as_str()) {
         Some("/v1/logout") => "logout",
+        Some("/v1/backchannel-logout") => "backchannel_logout",
         Some("/v1/ws") => "ws",
         Some("/dev/token") => "dev_token",
         Some(_) => "other",

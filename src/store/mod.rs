@@ -26,15 +26,19 @@ use crate::registry::{SessionKey, Target, UserKey};
 pub enum Kind {
     /// The latest logout of a user or session ([`embedded::StoredEvent`]).
     Watermark,
+    /// A back-channel logout token's `jti` already acted on (key
+    /// `{iss}\x1f{jti}`), kept until the token expires.
+    LogoutJti,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 1] = [Kind::Watermark];
+    pub const ALL: [Kind; 2] = [Kind::Watermark, Kind::LogoutJti];
 
     /// The table / key-prefix name (stable: it is on disk and in Redis).
     pub fn name(self) -> &'static str {
         match self {
             Kind::Watermark => "watermarks",
+            Kind::LogoutJti => "logout_jtis",
         }
     }
 
@@ -81,6 +85,19 @@ impl Record {
         (self.kind == Kind::Watermark)
             .then(|| serde_json::from_str(&self.data).ok())
             .flatten()
+    }
+}
+
+impl Record {
+    /// A used logout-token `jti`, kept until `expires_at_ms`.
+    pub fn logout_jti(iss: &str, jti: &str, expires_at_ms: i64) -> Record {
+        Record {
+            kind: Kind::LogoutJti,
+            key: format!("{iss}\u{1f}{jti}"),
+            version: 0,
+            expires_at_ms,
+            data: String::new(),
+        }
     }
 }
 

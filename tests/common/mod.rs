@@ -64,6 +64,7 @@ pub fn test_config(data_dir: PathBuf) -> Config {
         hs256_secret: Some(TEST_SECRET.into()),
         leeway_secs: 5,
         jwks_min_refetch_secs: 30,
+        require_logout_typ: false,
     }];
     c
 }
@@ -225,6 +226,23 @@ pub fn hs256_token(overrides: Value) -> String {
         &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
     )
     .unwrap()
+}
+
+/// base64url (no padding) of a JSON value, as in a JWT.
+pub fn b64_json(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+/// A token from raw header and claims JSON, HMAC-SHA256-signed with `secret`
+/// whatever the header says: for tokens no honest library would produce.
+pub fn forge(header: &Value, claims: &Value, secret: &[u8]) -> String {
+    use base64::Engine;
+    let input = format!("{}.{}", b64_json(header), b64_json(claims));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let sig = ring::hmac::sign(&key, input.as_bytes());
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref());
+    format!("{input}.{sig}")
 }
 
 /// What a test socket saw next.

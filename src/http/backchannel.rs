@@ -1,0 +1,143 @@
+//! `POST /v1/backchannel-logout`: OpenID Back-Channel Logout 1.0, receiving.
+//!
+//! An identity provider (Auth0, Keycloak, Okta, ...) POSTs
+//! `logout_token=<JWT>` (form-encoded) here when a session ends. The token is
+//! validated as §2.6 says (`auth::Authenticator::verify_logout_token`), its
+//! `jti` is claimed once (a replay answers 200 and fans out nothing), and the
+//! logout takes the one path every logout takes (`revocation`): by `sid`
+//! when the token names a session, else by `sub`.
+//!
+//! Answers (§2.8): 200 on success, 400 `{"error","error_description"}` for
+//! any invalid request, 503 if the logout could not be recorded; always
+//! `Cache-Control: no-store`.
+//!
+//! Must not: accept a logout token anywhere else, or an access token here
+//! (the two verifications refuse each other's tokens).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::App;
+use crate::error::ErrorCode;
+use crate::registry::{SessionKey, Target, UserKey};
+use crate::revocation::LogoutOrder;
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new().route("/v1/backchannel-logout", post(backchannel_logout))
+}
+
+/// A §2.8 error answer.
+fn invalid(description: impl Into<String>) -> Response {
+    respond(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some(description.into()),
+    )
+}
+
+fn respond(status: StatusCode, error: &'static str, description: Option<String>) -> Response {
+    let mut resp = match description {
+        Some(d) => (
+            status,
+            Json(json!({"error": error, "error_description": d})),
+        )
+            .into_response(),
+        None => status.into_response(),
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status != StatusCode::OK {
+        resp.extensions_mut().insert(ErrorCode(error));
+    }
+    resp
+}
+
+async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Response {
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return invalid("the body must be application/x-www-form-urlencoded with a logout_token");
+    }
+    if crate::ws::query_has_credentials(req.uri().query()) {
+        return invalid("the logout token belongs in the body, not the URL");
+    }
+    let body = match super::read_body(req, app.config.http.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let mut tokens = form_urlencoded::parse(&body).filter(|(k, _)| k == "logout_token");
+    let token = match (tokens.next(), tokens.next()) {
+        (Some((_, t)), None) if !t.is_empty() => t.into_owned(),
+        (Some(_), Some(_)) => return invalid("more than one logout_token"),
+        _ => return invalid("missing logout_token"),
+    };
+    let claims = match app.auth.verify_logout_token(&token).await {
+        Ok(c) => c,
+        Err(e) => {
+            app.metrics.auth_failure("backchannel", e.reason());
+            return invalid(format!("logout token refused: {} ({})", e, e.reason()));
+        }
+    };
+    // A replayed token is acknowledged again, and nothing else happens.
+    let expires = claims.exp.saturating_mul(1000) + 60_000;
+    match app
+        .revocation
+        .claim_jti(claims.issuer, &claims.jti, expires)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            app.metrics.logout_event("backchannel_replay");
+            return respond(StatusCode::OK, "", None);
+        }
+        Err(e) => {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                Some(format!("{e}; retry")),
+            );
+        }
+    }
+    let target = match (&claims.sid, &claims.sub) {
+        (Some(sid), _) => Target::Session(SessionKey {
+            iss: claims.issuer,
+            sid: sid.as_str().into(),
+        }),
+        (None, Some(sub)) => Target::User(UserKey {
+            iss: claims.issuer,
+            sub: sub.as_str().into(),
+        }),
+        (None, None) => unreachable!("verify_logout_token requires sub or sid"),
+    };
+    let order = LogoutOrder {
+        target,
+        sub: claims.sub.as_deref().map(Into::into),
+        reason: "backchannel_logout".into(),
+        source: "backchannel",
+        wait_for_acks: None,
+    };
+    match app.revocation.logout(order).await {
+        Ok(_) => respond(StatusCode::OK, "", None),
+        Err(e) => {
+            app.revocation.release_jti(claims.issuer, &claims.jti);
+            respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                Some(format!("{e}; retry")),
+            )
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! `POST /v1/backchannel-logout`: OpenID Back-Channel Logout 1.0 §2.6 as the
+//! OpenID RP conformance suite checks it. Every invalid token is a 400 with
+//! `{"error","error_description"}` and `Cache-Control: no-store`, counted,
+//! and logs nobody out; a valid one logs out the session (`sid`) or the user
+//! (`sub`) live; a replayed `jti` is acknowledged once more without a second
+//! fan-out.
+
+mod common;
+
+use common::{TEST_AUD, TEST_ISS, TEST_SECRET, TestHub, forge, hs256_token};
+use serde_json::{Value, json};
+
+const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+fn claims(overrides: Value) -> Value {
+    let now = slo_hub::util::now_secs() as i64;
+    let mut c = json!({
+        "iss": TEST_ISS, "aud": TEST_AUD, "iat": now, "exp": now + 120,
+        "jti": slo_hub::util::random_id(), "sub": "alice",
+        "events": { EVENT: {} },
+    });
+    for (k, v) in overrides.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+fn logout_token(overrides: Value) -> String {
+    forge(
+        &json!({"alg": "HS256", "typ": "logout+jwt"}),
+        &claims(overrides),
+        TEST_SECRET.as_bytes(),
+    )
+}
+
+/// POSTs a form body; returns status, Cache-Control and the JSON body.
+async fn post(hub: &TestHub, body: &str, content_type: &str) -> (u16, String, Value) {
+    let r = hub
+        .http
+        .post(format!("{}/v1/backchannel-logout", hub.url))
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let cache = r
+        .headers()
+        .get("cache-control")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        cache,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+async fn send(hub: &TestHub, token: &str) -> (u16, String, Value) {
+    post(
+        hub,
+        &format!("logout_token={token}"),
+        "application/x-www-form-urlencoded",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_rp_conformance_cases_are_each_refused_with_400_and_no_store() {
+    let hub = TestHub::start().await;
+    let (mut alice, _) = hub.socket(&hs256_token(json!({"sub": "alice"}))).await;
+    let none = format!(
+        "{}.{}.",
+        common::b64_json(&json!({"alg": "none"})),
+        common::b64_json(&claims(json!({})))
+    );
+    let rs256_header = forge(
+        &json!({"alg": "RS256", "typ": "logout+jwt"}),
+        &claims(json!({})),
+        b"x",
+    );
+    let cases = [
+        ("alg none", none),
+        ("wrong alg", rs256_header),
+        ("wrong aud", logout_token(json!({"aud": "someone-else"}))),
+        (
+            "wrong iss",
+            logout_token(json!({"iss": "https://evil.test"})),
+        ),
+        ("no events", logout_token(json!({"events": null}))),
+        (
+            "wrong event",
+            logout_token(json!({"events": {"http://schemas.openid.net/event/other": {}}})),
+        ),
+        (
+            "event not an object",
+            logout_token(json!({"events": {EVENT: "yes"}})),
+        ),
+        ("with nonce", logout_token(json!({"nonce": "n-0S6_WzA2Mj"}))),
+        ("neither sub nor sid", logout_token(json!({"sub": null}))),
+        ("no jti", logout_token(json!({"jti": null}))),
+        ("no iat", logout_token(json!({"iat": null}))),
+        ("expired", logout_token(json!({"iat": 1_000, "exp": 2_000}))),
+        ("bad signature", {
+            let t = logout_token(json!({}));
+            format!("{}x", &t[..t.len() - 1])
+        }),
+        ("an access token", hs256_token(json!({"sub": "alice"}))),
+    ];
+    for (case, token) in &cases {
+        let (status, cache, body) = send(&hub, token).await;
+        assert_eq!(status, 400, "{case}: {body}");
+        assert_eq!(cache, "no-store", "{case}");
+        assert_eq!(body["error"], "invalid_request", "{case}: {body}");
+        assert!(
+            body["error_description"].as_str().is_some(),
+            "{case}: {body}"
+        );
+    }
+    // Malformed requests, likewise.
+    for (body, ctype) in [
+        ("", "application/x-www-form-urlencoded"),
+        ("token=abc", "application/x-www-form-urlencoded"),
+        (
+            "logout_token=a&logout_token=b",
+            "application/x-www-form-urlencoded",
+        ),
+        (r#"{"logout_token":"x"}"#, "application/json"),
+    ] {
+        let (status, cache, b) = post(&hub, body, ctype).await;
+        assert_eq!((status, cache.as_str()), (400, "no-store"), "{body}: {b}");
+    }
+    let refused = hub
+        .metric("slo_hub_http_rejections_total{endpoint=\"backchannel_logout\",error=\"invalid_request\"}")
+        .await;
+    assert_eq!(refused as usize, cases.len() + 4);
+    // Nobody was logged out.
+    assert_eq!(hub.app().revocation.watermark_count(), 0);
+    alice.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn a_valid_token_logs_out_by_sid_or_sub_and_a_replay_fans_out_nothing() {
+    let hub = TestHub::start().await;
+    let s1 = hs256_token(json!({"sub": "alice", "sid": "s1"}));
+    let s2 = hs256_token(json!({"sub": "alice", "sid": "s2"}));
+    let (mut a1, _) = hub.socket(&s1).await;
+    let (mut a2, _) = hub.socket(&s2).await;
+
+    // By sid: that session only.
+    let token = logout_token(json!({"sid": "s1"}));
+    let (status, cache, _) = send(&hub, &token).await;
+    assert_eq!((status, cache.as_str()), (200, "no-store"));
+    let m = a1.recv_json().await;
+    assert_eq!(
+        (m["type"].as_str(), m["scope"].as_str()),
+        (Some("logout"), Some("session"))
+    );
+    assert_eq!(m["reason"], "backchannel_logout");
+    a2.assert_quiet().await;
+
+    // A new login to session s1 (a token issued after the logout), then the
+    // same logout token again: 200, and nothing reaches the new socket.
+    let later = slo_hub::util::now_secs() + 1;
+    let fresh = hs256_token(json!({"sub": "alice", "sid": "s1", "iat": later}));
+    let (mut s3, _) = hub.socket(&fresh).await;
+    let delivered = hub.metric("slo_hub_messages_delivered_total").await;
+    let (status, _, _) = send(&hub, &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        hub.metric("slo_hub_messages_delivered_total").await,
+        delivered
+    );
+    assert_eq!(
+        hub.metric("slo_hub_logout_events_total{source=\"backchannel_replay\"}")
+            .await,
+        1.0
+    );
+    s3.assert_quiet().await;
+
+    // By sub: every session of the user.
+    let (status, _, _) = send(&hub, &logout_token(json!({}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(a2.recv_json().await["scope"], "user");
+}
+
+#[tokio::test]
+async fn typ_logout_jwt_is_enforced_when_the_issuer_requires_it() {
+    let hub = TestHub::with(|c| c.issuers[0].require_logout_typ = true).await;
+    let untyped = forge(
+        &json!({"alg": "HS256"}),
+        &claims(json!({})),
+        TEST_SECRET.as_bytes(),
+    );
+    let (status, _, body) = send(&hub, &untyped).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("wrong_token_kind"),
+        "{body}"
+    );
+    let (status, _, _) = send(&hub, &logout_token(json!({}))).await;
+    assert_eq!(status, 200);
+}
