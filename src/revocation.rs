@@ -181,7 +181,7 @@ impl Revocation {
     /// Claims a back-channel logout token's `jti`: true the first time (the
     /// caller then carries the logout out), false for a replay. Durable like
     /// the logouts themselves; across nodes, Redis decides who is first.
-    pub async fn claim_jti(
+    async fn claim_jti(
         &self,
         iss: IssuerId,
         jti: &str,
@@ -215,9 +215,28 @@ impl Revocation {
         result
     }
 
-    /// Forgets a claimed `jti` whose logout could not be carried out.
-    pub fn release_jti(&self, iss: IssuerId, jti: &str) {
-        self.jtis.remove(&(iss, Box::<str>::from(jti)));
+    /// Carries out a logout announced by a token with this `jti` (a
+    /// back-channel logout token, a security event), once: `Ok(false)` for a
+    /// replay, which changes nothing. A logout that fails releases the `jti`
+    /// so the sender's retry is not mistaken for a replay.
+    pub async fn logout_once(
+        &self,
+        iss: IssuerId,
+        jti: &str,
+        expires_at_ms: i64,
+        order: LogoutOrder,
+    ) -> Result<bool, StoreError> {
+        if !self.claim_jti(iss, jti, expires_at_ms).await? {
+            self.metrics.logout_event("replay");
+            return Ok(false);
+        }
+        match self.logout(order).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                self.jtis.remove(&(iss, Box::<str>::from(jti)));
+                Err(e)
+            }
+        }
     }
 
     /// Finishes pending journal writes and releases the store's file.

@@ -177,7 +177,7 @@ async fn a_valid_token_logs_out_by_sid_or_sub_and_a_replay_fans_out_nothing() {
         delivered
     );
     assert_eq!(
-        hub.metric("slo_hub_logout_events_total{source=\"backchannel_replay\"}")
+        hub.metric("slo_hub_logout_events_total{source=\"replay\"}")
             .await,
         1.0
     );

@@ -187,6 +187,21 @@ impl Authenticator {
         issuer.verify_logout(token, &key, util::now_secs())
     }
 
+    /// Verifies a CAEP `session-revoked` Security Event Token (RFC 8935
+    /// push). Like logout tokens, never an access token and never accepted
+    /// as one.
+    pub async fn verify_session_revoked(
+        &self,
+        token: &str,
+    ) -> Result<jwt::RevokedSession, AuthError> {
+        let (issuer, key, header) = self.resolve(token).await?;
+        let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+        if matches!(typ.as_deref(), Some(t) if !t.contains("secevent+jwt")) {
+            return Err(AuthError::WrongTokenKind);
+        }
+        issuer.verify_session_revoked(token, &key, self.max_lifetime, util::now_secs())
+    }
+
     /// What every token kind shares: header checks, the issuer, its
     /// algorithm allow-list, and the key (refetching the JWKS, rate-limited,
     /// for an unknown `kid`).

@@ -91,26 +91,6 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
             return invalid(format!("logout token refused: {} ({})", e, e.reason()));
         }
     };
-    // A replayed token is acknowledged again, and nothing else happens.
-    let expires = claims.exp.saturating_mul(1000) + 60_000;
-    match app
-        .revocation
-        .claim_jti(claims.issuer, &claims.jti, expires)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            app.metrics.logout_event("backchannel_replay");
-            return respond(StatusCode::OK, "", None);
-        }
-        Err(e) => {
-            return respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                Some(format!("{e}; retry")),
-            );
-        }
-    }
     let target = match (&claims.sid, &claims.sub) {
         (Some(sid), _) => Target::Session(SessionKey {
             iss: claims.issuer,
@@ -129,15 +109,18 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
         source: "backchannel",
         wait_for_acks: None,
     };
-    match app.revocation.logout(order).await {
+    // A replayed token is acknowledged again, and nothing else happens.
+    let expires = claims.exp.saturating_mul(1000) + 60_000;
+    match app
+        .revocation
+        .logout_once(claims.issuer, &claims.jti, expires, order)
+        .await
+    {
         Ok(_) => respond(StatusCode::OK, "", None),
-        Err(e) => {
-            app.revocation.release_jti(claims.issuer, &claims.jti);
-            respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                Some(format!("{e}; retry")),
-            )
-        }
+        Err(e) => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            Some(format!("{e}; retry")),
+        ),
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! * `logout` — `POST /v1/logout`, the trigger.
 //! * `backchannel` — `POST /v1/backchannel-logout`, OpenID Back-Channel Logout.
+//! * `caep` — `POST /v1/events`, CAEP `session-revoked` SETs (RFC 8935 push).
 //! * `dev` — `POST /dev/token` and `GET /.well-known/jwks.json`.
 //! * `health` — `/healthz`, `/readyz`, `/metrics`.
 //! * `assets` — the JS client library and the pages the hub serves.
@@ -16,6 +17,7 @@
 
 pub mod assets;
 pub mod backchannel;
+pub mod caep;
 pub mod dev;
 pub mod health;
 pub mod logout;
@@ -39,6 +41,7 @@ pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .merge(logout::router())
         .merge(backchannel::router())
+        .merge(caep::router())
         .merge(dev::router())
         .layer(cors);
     Router::new()
@@ -85,6 +88,7 @@ fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
     match path.map(|p| p.as_str()) {
         Some("/v1/logout") => "logout",
         Some("/v1/backchannel-logout") => "backchannel_logout",
+        Some("/v1/events") => "events",
         Some("/v1/ws") => "ws",
         Some("/dev/token") => "dev_token",
         Some(_) => "other",
