@@ -293,3 +293,127 @@ async fn a_logout_token_is_never_accepted_as_an_access_token() {
     )
     .await;
 }
+
+/// A P-256 key pair: (signing key, public JWK JSON with `kid`).
+fn ec_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    use base64::Engine;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let public = pair.public_key().as_ref(); // 0x04 || x || y
+    let enc = |b: &[u8]| B64.encode(b);
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+        "x": enc(&public[1..33]), "y": enc(&public[33..65]),
+    });
+    (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+}
+
+fn es256(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> String {
+    slo_hub::auth::crypto::install();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, claims, key).unwrap()
+}
+
+/// Serves `jwks` at `/jwks.json` and counts the requests.
+async fn jwks_server(jwks: Value) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let body = jwks.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (counter, body) = (counter.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+const JWKS_ISS: &str = "https://jwks.test";
+const STATIC_ISS: &str = "https://static.test";
+
+fn ec_issuer(iss: &str, jwks_url: Option<String>, jwk: Option<&Value>) -> IssuerSettings {
+    IssuerSettings {
+        issuer: iss.into(),
+        audiences: vec![TEST_AUD.into()],
+        algorithms: vec![jsonwebtoken::Algorithm::ES256],
+        jwks_url,
+        keys: jwk
+            .map(|j| {
+                vec![StaticKey {
+                    kid: None,
+                    pem: None,
+                    jwk: Some(j.to_string()),
+                }]
+            })
+            .unwrap_or_default(),
+        hs256_secret: None,
+        leeway_secs: 5,
+        jwks_min_refetch_secs: 30,
+        require_logout_typ: false,
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_kid_costs_at_most_one_jwks_refetch_not_a_storm() {
+    let (key, jwk) = ec_key("k1");
+    let (url, hits) = jwks_server(json!({ "keys": [jwk] })).await;
+    let hub = TestHub::with(|c| c.issuers.push(ec_issuer(JWKS_ISS, Some(url), None))).await;
+    let loaded = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(loaded, 1, "the JWKS is fetched once at start");
+    // The right kid verifies without any fetch.
+    let good = es256(&key, "k1", &claims(json!({"iss": JWKS_ISS})));
+    assert_eq!(hub.socket(&good).await.1["type"], "ready");
+    for i in 0..20 {
+        let token = es256(
+            &key,
+            &format!("made-up-{i}"),
+            &claims(json!({"iss": JWKS_ISS})),
+        );
+        refused(&hub, &token, "unknown_kid", 4401).await;
+    }
+    let after = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        after <= loaded + 1,
+        "{} JWKS fetches for 40 unknown-kid tokens",
+        after - loaded
+    );
+}
+
+#[tokio::test]
+async fn the_same_kid_under_two_issuers_never_mixes_their_keys() {
+    let (key_a, jwk_a) = ec_key("k1");
+    let (key_b, jwk_b) = ec_key("k1");
+    let (url, _) = jwks_server(json!({ "keys": [jwk_a] })).await;
+    let hub = TestHub::with(|c| {
+        c.issuers.push(ec_issuer(JWKS_ISS, Some(url), None));
+        c.issuers.push(ec_issuer(STATIC_ISS, None, Some(&jwk_b)));
+    })
+    .await;
+    // Each issuer's own key works...
+    let a = es256(&key_a, "k1", &claims(json!({"iss": JWKS_ISS})));
+    let b = es256(&key_b, "k1", &claims(json!({"iss": STATIC_ISS})));
+    assert_eq!(hub.socket(&a).await.1["type"], "ready");
+    assert_eq!(hub.socket(&b).await.1["type"], "ready");
+    // ...and the other issuer's key under the same kid does not.
+    let a_signed_by_b = es256(&key_b, "k1", &claims(json!({"iss": JWKS_ISS})));
+    refused(&hub, &a_signed_by_b, "bad_signature", 4401).await;
+    let b_signed_by_a = es256(&key_a, "k1", &claims(json!({"iss": STATIC_ISS})));
+    refused(&hub, &b_signed_by_a, "bad_signature", 4401).await;
+}
