@@ -412,7 +412,7 @@ pub fn decoding_key_from_pem(pem: &[u8]) -> Result<DecodingKey, String> {
 
 /// Splits a compact JWS and checks everything that needs no key.
 /// Returns the header, the algorithm and the unverified `iss` (for issuer selection only).
-pub(crate) fn inspect(token: &str) -> Result<(RawHeader, Algorithm, Option<String>), AuthError> {
+pub fn inspect(token: &str) -> Result<(RawHeader, Algorithm, Option<String>), AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::TooLarge);
     }

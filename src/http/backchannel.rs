@@ -58,6 +58,16 @@ fn respond(status: StatusCode, error: &'static str, description: Option<String>)
     resp
 }
 
+/// The one non-empty `logout_token` of a form body (§2.5), or why not.
+pub fn logout_token_from_form(body: &[u8]) -> Result<String, &'static str> {
+    let mut tokens = form_urlencoded::parse(body).filter(|(k, _)| k == "logout_token");
+    match (tokens.next(), tokens.next()) {
+        (Some((_, t)), None) if !t.is_empty() => Ok(t.into_owned()),
+        (Some(_), Some(_)) => Err("more than one logout_token"),
+        _ => Err("missing logout_token"),
+    }
+}
+
 async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Response {
     let form = req
         .headers()
@@ -78,11 +88,9 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let mut tokens = form_urlencoded::parse(&body).filter(|(k, _)| k == "logout_token");
-    let token = match (tokens.next(), tokens.next()) {
-        (Some((_, t)), None) if !t.is_empty() => t.into_owned(),
-        (Some(_), Some(_)) => return invalid("more than one logout_token"),
-        _ => return invalid("missing logout_token"),
+    let token = match logout_token_from_form(&body) {
+        Ok(t) => t,
+        Err(why) => return invalid(why),
     };
     let claims = match app.auth.verify_logout_token(&token).await {
         Ok(c) => c,

@@ -243,6 +243,8 @@ fn expire(db: &Database, now_ms: i64) -> Result<usize, StoreError> {
 mod tests {
     use super::*;
 
+    const TTL: i64 = 3_600_000;
+
     fn ev(key: &str, at_ms: i64) -> Record {
         let e = StoredEvent {
             iss: "https://issuer".into(),
@@ -254,7 +256,9 @@ mod tests {
             reason: "test".into(),
             at_ms,
         };
-        Record::watermark(&e, 1_000)
+        // An hour: far beyond any pause of a loaded CI machine, so only the
+        // explicit `expire` below removes anything.
+        Record::watermark(&e, TTL)
     }
 
     fn sorted(mut v: Vec<Record>) -> Vec<i64> {
@@ -281,8 +285,8 @@ mod tests {
         assert_eq!(sorted(loaded.clone()), vec![now + 500, now + 2_000]);
         let alice = loaded.iter().find(|r| r.version == now + 2_000).unwrap();
         assert_eq!(alice.as_watermark().unwrap().key, "alice");
-        // bob's record expires at now + 1,500, alice's at now + 3,000.
-        assert_eq!(j.expire(now + 1_600).await.unwrap(), 1);
+        // bob's record expires at now + 500 + TTL, alice's at now + 2,000 + TTL.
+        assert_eq!(j.expire(now + TTL + 1_000).await.unwrap(), 1);
         j.close();
         let (_j, loaded) = open(dir.path()).unwrap();
         assert_eq!(sorted(loaded), vec![now + 2_000]);
