@@ -213,7 +213,10 @@ async fn live(app: &App, conn: &Arc<Conn>, leftover: Vec<u8>) -> (Exit, Vec<u8>)
         .revocation
         .revoked_token(conn.iat, &conn.user, conn.session.as_ref())
     {
-        // A replayed logout: nobody counts its ack, so close at once.
+        // A replayed logout: nobody counts its ack, so close at once. Out of
+        // the registry first, as a publish does: once the client reads the
+        // logout, no index holds its socket any more.
+        app.registry.unregister(conn);
         conn.deliver_logout(&logout);
         return (Exit::Close(CloseCode::LoggedOut), Vec::new());
     }
