@@ -279,3 +279,76 @@ mod reqwest {
             .unwrap()
     }
 }
+
+#[test]
+fn a_back_channel_jti_stays_used_across_a_kill_9() {
+    use common::{TEST_AUD, TEST_ISS, TEST_SECRET};
+    slo_hub::auth::crypto::install();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let (_cfg, path) = config_file(&format!(
+        r#"listen = "{listen}"
+data_dir = "{}"
+
+[[issuers]]
+issuer = "{TEST_ISS}"
+audiences = ["{TEST_AUD}"]
+algorithms = ["HS256"]
+hs256_secret = "{TEST_SECRET}"
+"#,
+        dir.path().display()
+    ));
+    let now = slo_hub::util::now_secs();
+    let token = common::forge(
+        &serde_json::json!({"alg": "HS256", "typ": "logout+jwt"}),
+        &serde_json::json!({
+            "iss": TEST_ISS, "aud": TEST_AUD, "iat": now, "exp": now + 120,
+            "jti": "once-only", "sub": "alice",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }),
+        TEST_SECRET.as_bytes(),
+    );
+    let rt = reqwest::rt();
+    let send = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            ::reqwest::Client::new()
+                .post(format!("http://{listen}/v1/backchannel-logout"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("logout_token={token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let metric = |rt: &tokio::runtime::Runtime, name: &str| -> f64 {
+        let text = rt.block_on(async {
+            ::reqwest::get(format!("http://{listen}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let hub = Running::start(&["serve", "--config", &path], &[], dir.path());
+    assert_eq!(send(&rt), 200);
+    hub.kill9();
+
+    let hub = Running::start(&["serve", "--config", &path], &[], dir.path());
+    assert_eq!(send(&rt), 200);
+    assert_eq!(
+        metric(&rt, "slo_hub_logout_events_total{source=\"replay\"}"),
+        1.0,
+        "the jti was forgotten by the restart"
+    );
+    assert_eq!(
+        metric(&rt, "slo_hub_logout_events_total{source=\"backchannel\"}"),
+        0.0
+    );
+    assert_eq!(hub.terminate().0, 0);
+}
