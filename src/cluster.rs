@@ -58,8 +58,9 @@ pub struct Cluster {
     node_id: String,
     /// The stream reader is connected and caught up.
     ready: AtomicBool,
-    /// Stream id to read after (set at start, advanced by the reader).
-    start_id: std::sync::Mutex<String>,
+    /// Where the stream ended when the watermarks were loaded: the reader
+    /// starts after it.
+    start_id: String,
 }
 
 fn redis_key(r: &Record) -> String {
@@ -141,7 +142,7 @@ impl Cluster {
             set_if_newer: Script::new(SET_IF_NEWER),
             node_id: util::random_id(),
             ready: AtomicBool::new(true),
-            start_id: std::sync::Mutex::new(start_id),
+            start_id,
         };
         Ok((cluster, stored))
     }
@@ -296,11 +297,7 @@ fn entries(v: &Value) -> Vec<(String, Option<String>, Option<String>)> {
 /// Reads the stream until shutdown and applies other nodes' logouts here.
 /// Reconnects with backoff; catches up from the last id it saw.
 pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
-    let mut last_id = cluster
-        .start_id
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let mut last_id = cluster.start_id.clone();
     let mut backoff = Duration::from_millis(100);
     let mut lost = false;
     'outer: while !app.shutdown.is_cancelled() {

@@ -46,6 +46,27 @@ pub enum Target {
     Session(SessionKey),
 }
 
+impl Target {
+    /// The session when one is named (the narrower logout), else the user.
+    pub fn session_or_user(
+        iss: IssuerId,
+        sid: &Option<String>,
+        sub: &Option<String>,
+    ) -> Option<Target> {
+        match (sid, sub) {
+            (Some(sid), _) => Some(Target::Session(SessionKey {
+                iss,
+                sid: sid.as_str().into(),
+            })),
+            (None, Some(sub)) => Some(Target::User(UserKey {
+                iss,
+                sub: sub.as_str().into(),
+            })),
+            (None, None) => None,
+        }
+    }
+}
+
 /// How far a publish got: sockets that matched, and those the frame was
 /// written to or queued for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -54,6 +54,27 @@ pub enum Durable {
     Cluster(Arc<crate::cluster::Cluster>),
 }
 
+impl Durable {
+    /// Records `record` (before a trigger may be answered).
+    async fn put(&self, record: Record) -> Result<(), StoreError> {
+        match self {
+            Durable::Nothing => Ok(()),
+            Durable::Journal(j) => j.put(record).await,
+            Durable::Cluster(c) => c.put(&record).await,
+        }
+    }
+
+    /// Records `record` unless its key exists: whether this call was first.
+    /// A single node decides that in memory beforehand; across nodes Redis
+    /// decides.
+    async fn put_once(&self, record: Record) -> Result<bool, StoreError> {
+        match self {
+            Durable::Cluster(c) => c.put_once(&record).await,
+            local => local.put(record).await.map(|()| true),
+        }
+    }
+}
+
 /// What the trigger's caller learns.
 #[derive(Debug, Clone)]
 pub struct LogoutOutcome {
@@ -113,9 +134,8 @@ impl Revocation {
             let Some((iss, jti)) = r.key.split_once('\u{1f}') else {
                 continue;
             };
-            if let Some(pos) = self.issuer_names.iter().position(|n| n == iss) {
-                self.jtis
-                    .insert((IssuerId(pos as u16), jti.into()), r.expires_at_ms);
+            if let Some(id) = self.issuer_id(iss) {
+                self.jtis.insert((id, jti.into()), r.expires_at_ms);
                 restored += 1;
             }
         }
@@ -149,8 +169,7 @@ impl Revocation {
         if util::now_ms() - s.at_ms >= self.ttl_ms {
             return None;
         }
-        let pos = self.issuer_names.iter().position(|n| *n == s.iss)?;
-        let iss = crate::auth::IssuerId(pos as u16);
+        let iss = self.issuer_id(&s.iss)?;
         let (target, scope) = match s.scope.as_str() {
             "session" => (
                 Target::Session(SessionKey {
@@ -188,31 +207,32 @@ impl Revocation {
         expires_at_ms: i64,
     ) -> Result<bool, StoreError> {
         let key = (iss, Box::<str>::from(jti));
-        match self.jtis.entry(key) {
+        match self.jtis.entry(key.clone()) {
             dashmap::mapref::entry::Entry::Occupied(_) => return Ok(false),
             dashmap::mapref::entry::Entry::Vacant(v) => {
                 v.insert(expires_at_ms);
             }
         }
-        let name = self
-            .issuer_names
-            .get(iss.0 as usize)
-            .cloned()
-            .unwrap_or_default();
-        let record = Record::logout_jti(&name, jti, expires_at_ms);
-        let result = match &self.durable {
-            Durable::Nothing => Ok(true),
-            Durable::Journal(j) => j.put(record).await.map(|()| true),
-            Durable::Cluster(c) => c.put_once(&record).await,
-        };
-        if !matches!(result, Ok(true)) {
-            // Not recorded (or another node was first): a retry must not be
-            // mistaken for a replay of a logout that was never carried out.
-            if result.is_err() {
-                self.jtis.remove(&(iss, Box::<str>::from(jti)));
-            }
+        let record = Record::logout_jti(self.issuer_name(iss), jti, expires_at_ms);
+        let result = self.durable.put_once(record).await;
+        if result.is_err() {
+            // Not recorded: a retry must not be mistaken for a replay of a
+            // logout that was never carried out. (`Ok(false)`: another node
+            // was first; the entry stays, as for any replay.)
+            self.jtis.remove(&key);
         }
         result
+    }
+
+    fn issuer_id(&self, name: &str) -> Option<IssuerId> {
+        let pos = self.issuer_names.iter().position(|n| n == name)?;
+        Some(IssuerId(pos as u16))
+    }
+
+    fn issuer_name(&self, id: IssuerId) -> &str {
+        self.issuer_names
+            .get(id.0 as usize)
+            .map_or("", String::as_str)
     }
 
     /// Carries out a logout announced by a token with this `jti` (a
@@ -286,11 +306,7 @@ impl Revocation {
         if !matches!(self.durable, Durable::Nothing) {
             let record = Record::watermark(&self.stored(&order.target, &event), self.ttl_ms);
             let started = Instant::now();
-            let result = match &self.durable {
-                Durable::Journal(j) => j.put(record).await,
-                Durable::Cluster(c) => c.put(&record).await,
-                Durable::Nothing => Ok(()),
-            };
+            let result = self.durable.put(record).await;
             self.metrics
                 .store_commit_latency
                 .observe(started.elapsed().as_secs_f64());
@@ -320,11 +336,7 @@ impl Revocation {
             Target::Session(k) => (k.iss, k.sid.to_string()),
         };
         StoredEvent {
-            iss: self
-                .issuer_names
-                .get(iss.0 as usize)
-                .cloned()
-                .unwrap_or_default(),
+            iss: self.issuer_name(iss).to_string(),
             scope: e.scope.as_str().to_string(),
             key,
             id: e.id.clone(),

@@ -68,9 +68,9 @@
     }
   };
 
-  SloClient.prototype._open = function () {
+  /** Gets a token (string or promise) and hands it to `use`; says why not. */
+  SloClient.prototype._withToken = function (use) {
     var self = this;
-    if (this.stopped) return;
     this._state("connecting");
     Promise.resolve()
       .then(function () {
@@ -83,26 +83,34 @@
             self._state("no-token");
             return;
           }
-          var ws = new WebSocket(self.url);
-          self.ws = ws;
-          ws.onopen = function () {
-            ws.send(JSON.stringify({ type: "auth", token: token }));
-          };
-          ws.onmessage = function (m) {
-            self._message(ws, m);
-          };
-          ws.onclose = function (e) {
-            self._closed(ws, e);
-          };
-          ws.onerror = function () {
-            /* onclose follows */
-          };
+          use(token);
         },
         function (err) {
           console.warn("slo-hub: getToken failed", err);
           self._retry();
         }
       );
+  };
+
+  SloClient.prototype._open = function () {
+    var self = this;
+    if (this.stopped) return;
+    this._withToken(function (token) {
+      var ws = new WebSocket(self.url);
+      self.ws = ws;
+      ws.onopen = function () {
+        ws.send(JSON.stringify({ type: "auth", token: token }));
+      };
+      ws.onmessage = function (m) {
+        self._message(ws, m);
+      };
+      ws.onclose = function (e) {
+        self._closed(ws, e);
+      };
+      ws.onerror = function () {
+        /* onclose follows */
+      };
+    });
   };
 
   SloClient.prototype._message = function (ws, m) {
@@ -232,27 +240,13 @@
       this._open();
       return;
     }
-    this._state("connecting");
-    Promise.resolve()
-      .then(function () {
-        return self.getToken();
-      })
-      .then(
-        function (token) {
-          if (self.stopped) return;
-          if (!token) {
-            self._state("no-token");
-          } else if (self.ws === ws && ws.readyState === 1) {
-            ws.send(JSON.stringify({ type: "auth", token: token }));
-          } else {
-            self._open();
-          }
-        },
-        function (err) {
-          console.warn("slo-hub: getToken failed", err);
-          self._retry();
-        }
-      );
+    this._withToken(function (token) {
+      if (self.ws === ws && ws.readyState === 1) {
+        ws.send(JSON.stringify({ type: "auth", token: token }));
+      } else {
+        self._open();
+      }
+    });
   };
 
   /** Stops watching: no reconnects, the socket is closed. */

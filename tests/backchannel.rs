@@ -14,19 +14,12 @@ const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 fn claims(overrides: Value) -> Value {
     let now = slo_hub::util::now_secs() as i64;
-    let mut c = json!({
+    let c = json!({
         "iss": TEST_ISS, "aud": TEST_AUD, "iat": now, "exp": now + 120,
         "jti": slo_hub::util::random_id(), "sub": "alice",
         "events": { EVENT: {} },
     });
-    for (k, v) in overrides.as_object().unwrap() {
-        if v.is_null() {
-            c.as_object_mut().unwrap().remove(k);
-        } else {
-            c[k] = v.clone();
-        }
-    }
-    c
+    common::with_overrides(c, &overrides)
 }
 
 fn logout_token(overrides: Value) -> String {
@@ -37,28 +30,16 @@ fn logout_token(overrides: Value) -> String {
     )
 }
 
-/// POSTs a form body; returns status, Cache-Control and the JSON body.
+/// POSTs a body; returns status, Cache-Control and the JSON body.
 async fn post(hub: &TestHub, body: &str, content_type: &str) -> (u16, String, Value) {
-    let r = hub
-        .http
-        .post(format!("{}/v1/backchannel-logout", hub.url))
-        .header("content-type", content_type)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let cache = r
-        .headers()
+    let (status, headers, json) = hub
+        .post_body("/v1/backchannel-logout", content_type, body)
+        .await;
+    let cache = headers
         .get("cache-control")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        cache,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
+    (status, cache, json)
 }
 
 async fn send(hub: &TestHub, token: &str) -> (u16, String, Value) {

@@ -12,18 +12,12 @@ const REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/sessi
 
 fn set(overrides: Value) -> String {
     let now = slo_hub::util::now_secs() as i64;
-    let mut c = json!({
+    let c = json!({
         "iss": TEST_ISS, "aud": TEST_AUD, "iat": now, "jti": slo_hub::util::random_id(),
         "sub_id": {"format": "iss_sub", "iss": TEST_ISS, "sub": "alice"},
         "events": { REVOKED: {"event_timestamp": now} },
     });
-    for (k, v) in overrides.as_object().unwrap() {
-        if v.is_null() {
-            c.as_object_mut().unwrap().remove(k);
-        } else {
-            c[k] = v.clone();
-        }
-    }
+    let c = common::with_overrides(c, &overrides);
     forge(
         &json!({"alg": "HS256", "typ": "secevent+jwt"}),
         &c,
@@ -32,16 +26,8 @@ fn set(overrides: Value) -> String {
 }
 
 async fn push(hub: &TestHub, body: &str, content_type: &str) -> (u16, Value) {
-    let r = hub
-        .http
-        .post(format!("{}/v1/events", hub.url))
-        .header("content-type", content_type)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let (status, _, json) = hub.post_body("/v1/events", content_type, body).await;
+    (status, json)
 }
 
 const SET_TYPE: &str = "application/secevent+jwt";

@@ -45,16 +45,9 @@ fn b64(v: &Value) -> String {
 
 fn claims(overrides: Value) -> Value {
     let now = slo_hub::util::now_secs() as i64;
-    let mut c =
+    let c =
         json!({"iss": TEST_ISS, "aud": TEST_AUD, "sub": "mallory", "iat": now, "exp": now + 600});
-    for (k, v) in overrides.as_object().unwrap() {
-        if v.is_null() {
-            c.as_object_mut().unwrap().remove(k);
-        } else {
-            c[k] = v.clone();
-        }
-    }
-    c
+    common::with_overrides(c, &overrides)
 }
 
 fn hs(overrides: Value) -> String {

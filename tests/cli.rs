@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::{Running, config_file, run_failing};
+use common::process::{Running, config_file, run_failing, test_config_file};
 
 #[test]
 fn a_bad_config_value_exits_2_and_names_the_key() {
@@ -286,16 +286,8 @@ fn a_back_channel_jti_stays_used_across_a_kill_9() {
     slo_hub::auth::crypto::install();
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", common::free_port());
-    let (_cfg, path) = config_file(&format!(
-        r#"listen = "{listen}"
-data_dir = "{}"
-
-[[issuers]]
-issuer = "{TEST_ISS}"
-audiences = ["{TEST_AUD}"]
-algorithms = ["HS256"]
-hs256_secret = "{TEST_SECRET}"
-"#,
+    let (_cfg, path) = test_config_file(&format!(
+        "listen = \"{listen}\"\ndata_dir = \"{}\"",
         dir.path().display()
     ));
     let now = slo_hub::util::now_secs();

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{Running, config_file};
-use common::{API_KEY, TEST_AUD, TEST_ISS, TEST_SECRET, Ws, hs256_token, sha256_hex};
+use common::process::{Running, test_config_file};
+use common::{API_KEY, TEST_ISS, Ws, hs256_token};
 use serde_json::{Value, json};
 
 /// A redis-server of our own, persisting to `dir` (AOF, fsync always) so a
@@ -74,23 +74,8 @@ struct Node {
 impl Node {
     fn start(redis_url: &str) -> Node {
         let listen = format!("127.0.0.1:{}", common::free_port());
-        let (cfg, path) = config_file(&format!(
-            r#"listen = "{listen}"
-cluster = "{redis_url}"
-
-[[issuers]]
-issuer = "{TEST_ISS}"
-audiences = ["{TEST_AUD}"]
-algorithms = ["HS256"]
-hs256_secret = "{TEST_SECRET}"
-
-[[api_keys]]
-name = "test"
-sha256 = "{}"
-scopes = ["logout:any"]
-"#,
-            sha256_hex(API_KEY)
-        ));
+        let (cfg, path) =
+            test_config_file(&format!("listen = \"{listen}\"\ncluster = \"{redis_url}\""));
         let dir = tempfile::tempdir().unwrap();
         let process = Running::start(&["serve", "--config", &path], &[], dir.path());
         Node {

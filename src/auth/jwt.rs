@@ -283,24 +283,7 @@ impl Issuer {
             // §2.4: a nonce marks an ID token; it is prohibited here.
             return Err(AuthError::WrongTokenKind);
         }
-        let iat = c.iat.ok_or(AuthError::MissingClaim("iat"))?;
-        if iat > now + self.leeway {
-            return Err(AuthError::NotYetValid);
-        }
-        let jti = c
-            .jti
-            .filter(|j| !j.is_empty() && j.len() <= 255)
-            .ok_or(AuthError::MissingClaim("jti"))?;
-        let sub = c.sub.filter(|s| !s.is_empty());
-        let sid = c.sid.filter(|s| !s.is_empty());
-        if sub.is_none() && sid.is_none() {
-            return Err(AuthError::MissingClaim("sub"));
-        }
-        if sub.as_ref().is_some_and(|s| s.len() > 255)
-            || sid.as_ref().is_some_and(|s| s.len() > 255)
-        {
-            return Err(AuthError::BadClaims);
-        }
+        let (jti, sub, sid) = self.event_claims(c.iat, c.jti, c.sub, c.sid, now)?;
         Ok(LogoutClaims {
             issuer: self.id,
             sub,
@@ -334,23 +317,13 @@ impl Issuer {
             .get(CAEP_SESSION_REVOKED)
             .filter(|e| e.is_object())
             .ok_or(AuthError::WrongTokenKind)?;
-        let iat = c.iat.ok_or(AuthError::MissingClaim("iat"))?;
-        if iat > now + self.leeway {
-            return Err(AuthError::NotYetValid);
-        }
-        let jti = c
-            .jti
-            .filter(|j| !j.is_empty() && j.len() <= 255)
-            .ok_or(AuthError::MissingClaim("jti"))?;
         // SSF puts the subject in `sub_id`; drafts put it in the event.
         let sub_id = c
             .sub_id
             .or_else(|| event.get("subject").cloned())
             .ok_or(AuthError::MissingClaim("sub"))?;
         let (sub, sid) = subject(&sub_id);
-        if sub.is_none() && sid.is_none() {
-            return Err(AuthError::MissingClaim("sub"));
-        }
+        let (jti, sub, sid) = self.event_claims(c.iat, c.jti, sub, sid, now)?;
         Ok(RevokedSession {
             issuer: self.id,
             sub,
@@ -358,6 +331,39 @@ impl Issuer {
             jti,
             keep_until: (now + max_lifetime) as i64,
         })
+    }
+
+    /// What every token announcing a logout must carry (logout tokens,
+    /// security events): an `iat` not in the future, a `jti`, and a user
+    /// and/or a session of sane length.
+    #[allow(clippy::type_complexity)]
+    fn event_claims(
+        &self,
+        iat: Option<u64>,
+        jti: Option<String>,
+        sub: Option<String>,
+        sid: Option<String>,
+        now: u64,
+    ) -> Result<(String, Option<String>, Option<String>), AuthError> {
+        let iat = iat.ok_or(AuthError::MissingClaim("iat"))?;
+        if iat > now + self.leeway {
+            return Err(AuthError::NotYetValid);
+        }
+        let jti = jti
+            .filter(|j| !j.is_empty() && j.len() <= 255)
+            .ok_or(AuthError::MissingClaim("jti"))?;
+        let sub = sub.filter(|s| !s.is_empty());
+        let sid = sid.filter(|s| !s.is_empty());
+        if sub.is_none() && sid.is_none() {
+            return Err(AuthError::MissingClaim("sub"));
+        }
+        if [&sub, &sid]
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|s| s.len() > 255))
+        {
+            return Err(AuthError::BadClaims);
+        }
+        Ok((jti, sub, sid))
     }
 
     /// Signature and claims. `now` is seconds since the epoch.

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::App;
 use crate::error::ErrorCode;
-use crate::registry::{SessionKey, Target, UserKey};
+use crate::registry::Target;
 use crate::revocation::LogoutOrder;
 
 pub fn router() -> Router<Arc<App>> {
@@ -69,16 +69,7 @@ pub fn logout_token_from_form(body: &[u8]) -> Result<String, &'static str> {
 }
 
 async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Response {
-    let form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !form {
+    if !super::has_content_type(req.headers(), "application/x-www-form-urlencoded") {
         return invalid("the body must be application/x-www-form-urlencoded with a logout_token");
     }
     if crate::ws::query_has_credentials(req.uri().query()) {
@@ -99,16 +90,8 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
             return invalid(format!("logout token refused: {} ({})", e, e.reason()));
         }
     };
-    let target = match (&claims.sid, &claims.sub) {
-        (Some(sid), _) => Target::Session(SessionKey {
-            iss: claims.issuer,
-            sid: sid.as_str().into(),
-        }),
-        (None, Some(sub)) => Target::User(UserKey {
-            iss: claims.issuer,
-            sub: sub.as_str().into(),
-        }),
-        (None, None) => unreachable!("verify_logout_token requires sub or sid"),
+    let Some(target) = Target::session_or_user(claims.issuer, &claims.sid, &claims.sub) else {
+        return invalid("the logout token names neither sub nor sid");
     };
     let order = LogoutOrder {
         target,

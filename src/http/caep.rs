@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::App;
 use crate::error::{AuthError, ErrorCode};
-use crate::registry::{SessionKey, Target, UserKey};
+use crate::registry::Target;
 use crate::revocation::LogoutOrder;
 
 pub fn router() -> Router<Arc<App>> {
@@ -60,13 +60,7 @@ fn err_code(e: &AuthError) -> &'static str {
 }
 
 async fn push(State(app): State<Arc<App>>, req: Request) -> Response {
-    let set_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/secevent+jwt"));
-    if !set_type {
+    if !super::has_content_type(req.headers(), "application/secevent+jwt") {
         let why = "the body must be a SET with Content-Type application/secevent+jwt";
         return respond(
             StatusCode::BAD_REQUEST,
@@ -91,16 +85,12 @@ async fn push(State(app): State<Arc<App>>, req: Request) -> Response {
             return respond(StatusCode::BAD_REQUEST, Some((err_code(&e), description)));
         }
     };
-    let target = match (&event.sid, &event.sub) {
-        (Some(sid), _) => Target::Session(SessionKey {
-            iss: event.issuer,
-            sid: sid.as_str().into(),
-        }),
-        (None, Some(sub)) => Target::User(UserKey {
-            iss: event.issuer,
-            sub: sub.as_str().into(),
-        }),
-        (None, None) => unreachable!("verify_session_revoked requires a subject"),
+    let Some(target) = Target::session_or_user(event.issuer, &event.sid, &event.sub) else {
+        let why = "the event names neither a user nor a session";
+        return respond(
+            StatusCode::BAD_REQUEST,
+            Some(("invalid_request", why.into())),
+        );
     };
     let order = LogoutOrder {
         target,

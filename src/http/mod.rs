@@ -104,13 +104,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
+        if !has_content_type(req.headers(), "application/json") {
             return Err(ApiError::UnsupportedMediaType("application/json"));
         }
         let limit = app.config.http.max_body_bytes;
@@ -119,6 +113,15 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request("bad_request", format!("invalid JSON body: {e}")))
     }
+}
+
+/// Whether the request's media type (parameters aside) is `mime`.
+pub fn has_content_type(headers: &axum::http::HeaderMap, mime: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case(mime))
 }
 
 /// Reads a body up to `limit` bytes; 413 beyond.

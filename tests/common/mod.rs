@@ -152,6 +152,31 @@ impl TestHub {
     }
 
     /// POST /v1/logout with a bearer credential; returns (status, body).
+    /// POSTs a raw body to `path`: status, headers and the JSON answer
+    /// (null if there is none).
+    pub async fn post_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        let text = r.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    }
+
     pub async fn logout(&self, bearer: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
@@ -204,21 +229,27 @@ impl Drop for TestHub {
     }
 }
 
+/// `base` with each key of `overrides` set, or removed where it is null.
+pub fn with_overrides(mut base: Value, overrides: &Value) -> Value {
+    for (k, v) in overrides.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
 /// Signs a token for the HS256 test issuer with the given claims merged over
 /// valid defaults (iss, aud, sub, iat=now, exp=now+600).
 pub fn hs256_token(overrides: Value) -> String {
     let now = slo_hub::util::now_secs();
-    let mut claims = json!({
+    let claims = json!({
         "iss": TEST_ISS, "aud": TEST_AUD, "sub": "alice",
         "iat": now, "exp": now + 600,
     });
-    for (k, v) in overrides.as_object().unwrap() {
-        if v.is_null() {
-            claims.as_object_mut().unwrap().remove(k);
-        } else {
-            claims[k] = v.clone();
-        }
-    }
+    let claims = with_overrides(claims, &overrides);
     slo_hub::auth::crypto::install();
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

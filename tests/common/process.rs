@@ -32,6 +32,28 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
     (dir, p)
 }
 
+/// A production config file: `top_level` settings, then the HS256 test
+/// issuer and the test API key (`logout:any`), as the in-process hubs have.
+pub fn test_config_file(top_level: &str) -> (tempfile::TempDir, String) {
+    use super::{API_KEY, TEST_AUD, TEST_ISS, TEST_SECRET, sha256_hex};
+    config_file(&format!(
+        r#"{top_level}
+
+[[issuers]]
+issuer = "{TEST_ISS}"
+audiences = ["{TEST_AUD}"]
+algorithms = ["HS256"]
+hs256_secret = "{TEST_SECRET}"
+
+[[api_keys]]
+name = "test"
+sha256 = "{}"
+scopes = ["logout:any"]
+"#,
+        sha256_hex(API_KEY)
+    ))
+}
+
 /// A started hub process and the lines of its start banner.
 pub struct Running {
     child: Child,
