@@ -77,6 +77,145 @@ pub struct Config {
     pub issuers: Vec<IssuerSettings>,
     /// Backend API keys (only their SHA-256 hashes).
     pub api_keys: Vec<ApiKeySettings>,
+    /// Native-to-Web SSO: session transfer tokens and the sessions they create.
+    pub transfer: TransferSettings,
+    /// OAuth clients of Native-to-Web SSO (`[[clients]]`).
+    pub clients: Vec<ClientSettings>,
+}
+
+/// Session transfer tokens (STT) and the hub's session tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSettings {
+    /// `audience` values that ask `/oauth/token` for a session transfer token.
+    pub audiences: Vec<String>,
+    /// Lifetime of a transfer token (single use).
+    pub token_ttl_secs: u64,
+    /// Lifetime of a native session (and its refresh tokens) the hub keeps.
+    pub native_session_lifetime_secs: u64,
+    /// Lifetime of one hub-signed session token (capped by its session's expiry).
+    pub session_token_ttl_secs: u64,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed; from anyone
+    /// else the header is ignored and the peer address is the client's.
+    pub trusted_proxies: Vec<String>,
+    /// IP range → ASN table for `enforce_device_binding = "asn"`.
+    pub asn_ranges: Vec<AsnRange>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsnRange {
+    /// `10.0.0.0/8`, `2001:db8::/32` or a single address.
+    pub cidr: String,
+    pub asn: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientKind {
+    Native,
+    Web,
+}
+
+/// How a web client receives the transfer token at `/authorize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    Cookie,
+    Query,
+}
+
+/// What a transfer token is bound to when it is minted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceBinding {
+    /// The client IP must be the same at redemption.
+    #[default]
+    Ip,
+    /// The client IP's ASN (from `transfer.asn_ranges`) must be the same.
+    Asn,
+    None,
+}
+
+/// One registered client. Settings carry the reference product's names and defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    pub client_id: String,
+    /// `native` (mints transfer tokens) or `web` (redeems them at `/authorize`).
+    pub kind: ClientKind,
+    /// Exact redirect URIs (web).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Origins of the web app (added to the socket and CORS allow-lists).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Native: may mint session transfer tokens.
+    #[serde(default)]
+    pub can_create_session_transfer_token: bool,
+    /// Native: revoking a refresh token also revokes the web sessions and
+    /// refresh tokens derived from its session.
+    #[serde(default = "yes")]
+    pub enforce_cascade_revocation: bool,
+    /// Native: each refresh-token grant answers a new refresh token and
+    /// retires the old one (reusing a retired one revokes the session).
+    #[serde(default)]
+    pub rotate_refresh_token: bool,
+    /// Native: web clients its transfer tokens may open (empty: any).
+    #[serde(default)]
+    pub transfer_to: Vec<String>,
+    /// Web: how `/authorize` accepts the transfer token.
+    #[serde(default = "both_methods")]
+    pub allowed_authentication_methods: Vec<AuthMethod>,
+    /// Web: `ip` (default), `asn` or `none`.
+    #[serde(default)]
+    pub enforce_device_binding: DeviceBinding,
+    /// Web: the code exchange also answers a refresh token.
+    #[serde(default)]
+    pub allow_refresh_token: bool,
+    /// Web: ending a web session also revokes its refresh tokens.
+    #[serde(default = "yes")]
+    pub enforce_online_refresh_tokens: bool,
+    /// Web: absolute and idle lifetime of transfer-created sessions.
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime_secs: u64,
+    #[serde(default = "default_session_idle")]
+    pub session_idle_secs: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn both_methods() -> Vec<AuthMethod> {
+    vec![AuthMethod::Cookie, AuthMethod::Query]
+}
+fn default_session_lifetime() -> u64 {
+    30 * 60
+}
+fn default_session_idle() -> u64 {
+    15 * 60
+}
+
+impl ClientSettings {
+    /// A client with every default of its kind.
+    pub fn new(client_id: &str, kind: ClientKind) -> ClientSettings {
+        ClientSettings {
+            client_id: client_id.to_string(),
+            kind,
+            redirect_uris: Vec::new(),
+            allowed_origins: Vec::new(),
+            can_create_session_transfer_token: false,
+            enforce_cascade_revocation: true,
+            rotate_refresh_token: false,
+            transfer_to: Vec::new(),
+            allowed_authentication_methods: both_methods(),
+            enforce_device_binding: DeviceBinding::Ip,
+            allow_refresh_token: false,
+            enforce_online_refresh_tokens: true,
+            session_lifetime_secs: default_session_lifetime(),
+            session_idle_secs: default_session_idle(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -295,6 +434,15 @@ impl Config {
             },
             issuers: Vec::new(),
             api_keys: Vec::new(),
+            transfer: TransferSettings {
+                audiences: vec!["urn:slo-hub:session_transfer".into()],
+                token_ttl_secs: 60,
+                native_session_lifetime_secs: 30 * 24 * 3600,
+                session_token_ttl_secs: 600,
+                trusted_proxies: Vec::new(),
+                asn_ranges: Vec::new(),
+            },
+            clients: Vec::new(),
         }
     }
 
@@ -568,6 +716,118 @@ impl Config {
                     return Err(invalid(
                         format!("api_keys[{i}].scopes"),
                         format!("unknown scope {s:?}; known: {}", API_SCOPES.join(", ")),
+                    ));
+                }
+            }
+        }
+        self.validate_transfer()
+    }
+
+    fn validate_transfer(&self) -> Result<(), ConfigError> {
+        let t = &self.transfer;
+        range("transfer.token_ttl_secs", t.token_ttl_secs, 1, 600)?;
+        range(
+            "transfer.session_token_ttl_secs",
+            t.session_token_ttl_secs,
+            10,
+            self.max_token_lifetime_secs,
+        )?;
+        range(
+            "transfer.native_session_lifetime_secs",
+            t.native_session_lifetime_secs,
+            60,
+            400 * 24 * 3600,
+        )?;
+        if t.audiences.is_empty() {
+            return Err(invalid(
+                "transfer.audiences",
+                "at least one audience is required",
+            ));
+        }
+        for (i, p) in t.trusted_proxies.iter().enumerate() {
+            crate::util::IpNet::parse(p)
+                .map_err(|e| invalid(format!("transfer.trusted_proxies[{i}]"), e))?;
+        }
+        for (i, r) in t.asn_ranges.iter().enumerate() {
+            crate::util::IpNet::parse(&r.cidr)
+                .map_err(|e| invalid(format!("transfer.asn_ranges[{i}].cidr"), e))?;
+        }
+        let mut ids = BTreeSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = |k: &str| format!("clients[{i}].{k}");
+            if !crate::util::is_printable_id(&c.client_id) {
+                return Err(invalid(
+                    key("client_id"),
+                    "must be 1 to 255 printable characters",
+                ));
+            }
+            if !ids.insert(c.client_id.as_str()) {
+                return Err(invalid(
+                    key("client_id"),
+                    format!("{:?} is registered twice", c.client_id),
+                ));
+            }
+            for (j, uri) in c.redirect_uris.iter().enumerate() {
+                let ok = (uri.starts_with("https://") || uri.starts_with("http://"))
+                    && !uri.contains('#');
+                if !ok {
+                    return Err(invalid(
+                        format!("clients[{i}].redirect_uris[{j}]"),
+                        "must be an absolute http(s) URL without a fragment",
+                    ));
+                }
+            }
+            for (j, o) in c.allowed_origins.iter().enumerate() {
+                if !is_origin(o) {
+                    return Err(invalid(
+                        format!("clients[{i}].allowed_origins[{j}]"),
+                        format!("{o:?} is not an origin of the form scheme://host[:port]"),
+                    ));
+                }
+            }
+            if c.kind == ClientKind::Web {
+                if c.redirect_uris.is_empty() {
+                    return Err(invalid(
+                        key("redirect_uris"),
+                        "a web client needs at least one",
+                    ));
+                }
+                if c.allowed_authentication_methods.is_empty() {
+                    return Err(invalid(
+                        key("allowed_authentication_methods"),
+                        "allow \"cookie\", \"query\" or both",
+                    ));
+                }
+                if c.enforce_device_binding == DeviceBinding::Asn && t.asn_ranges.is_empty() {
+                    return Err(invalid(
+                        key("enforce_device_binding"),
+                        "\"asn\" needs an IP-range table in transfer.asn_ranges",
+                    ));
+                }
+                range(
+                    key("session_lifetime_secs").as_str(),
+                    c.session_lifetime_secs,
+                    1,
+                    400 * 24 * 3600,
+                )?;
+                range(
+                    key("session_idle_secs").as_str(),
+                    c.session_idle_secs,
+                    1,
+                    c.session_lifetime_secs,
+                )?;
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            for target in &c.transfer_to {
+                let web = self
+                    .clients
+                    .iter()
+                    .any(|w| &w.client_id == target && w.kind == ClientKind::Web);
+                if !web {
+                    return Err(invalid(
+                        format!("clients[{i}].transfer_to"),
+                        format!("{target:?} is not a registered web client"),
                     ));
                 }
             }

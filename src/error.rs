@@ -261,3 +261,83 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// RFC 6749 §5.2 errors of `/oauth/token` (the same codes go into the
+/// `error` parameter of an `/authorize` redirect).
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    InvalidClient(String),
+    #[error("{0}")]
+    InvalidGrant(String),
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    TemporarilyUnavailable(String),
+}
+
+impl OAuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) | OAuthError::TooLarge(_) => "invalid_request",
+            OAuthError::InvalidClient(_) => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnauthorizedClient(_) => "unauthorized_client",
+            OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
+            OAuthError::TemporarilyUnavailable(_) => "temporarily_unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OAuthError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+            OAuthError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            OAuthError::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl From<crate::sessions::SessionError> for OAuthError {
+    fn from(e: crate::sessions::SessionError) -> OAuthError {
+        use crate::sessions::SessionError as S;
+        let text = e.to_string();
+        match e {
+            S::UnknownClient => OAuthError::InvalidClient(text),
+            S::UnauthorizedClient(_) => OAuthError::UnauthorizedClient(text),
+            S::InvalidGrant(_) | S::Reuse(_) => OAuthError::InvalidGrant(text),
+            S::InvalidRequest(_) => OAuthError::InvalidRequest(text),
+            S::Store(_) => OAuthError::TemporarilyUnavailable(format!("{text}; retry")),
+        }
+    }
+}
+
+impl From<ApiError> for OAuthError {
+    /// Body-level refusals (size, media type) in the OAuth error format.
+    fn from(e: ApiError) -> OAuthError {
+        match e {
+            ApiError::PayloadTooLarge(n) => OAuthError::TooLarge(n),
+            ApiError::Unavailable(m) => OAuthError::TemporarilyUnavailable(m),
+            other => OAuthError::InvalidRequest(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": self.code(), "error_description": self.to_string()}));
+        let mut resp = (self.status(), body).into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code()));
+        let headers = resp.headers_mut();
+        // RFC 6749 §5.1: token responses are never cached.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        resp
+    }
+}

@@ -21,6 +21,8 @@
 //! * [`server`] — accept, connection limits, HTTP/1.1 with a header timeout.
 //! * [`http`] — the HTTP endpoints; [`ws`] — the socket endpoint.
 //! * [`auth`] — JWTs (per issuer, JWKS), API keys, the dev issuer.
+//! * [`sessions`] — the Native-to-Web session graph (transfer tokens, web
+//!   sessions, refresh tokens) and the rules that revoke along it.
 //! * [`revocation`] — a logout becomes a watermark, then a push.
 //! * [`registry`] — who is connected, by user and by session.
 //! * [`store`] — watermarks (what must outlive a socket).
@@ -39,6 +41,7 @@ pub mod metrics;
 pub mod registry;
 pub mod revocation;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod util;
 pub mod ws;
@@ -53,13 +56,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::dev_issuer::DevIssuer;
+use crate::auth::signer::Signer;
 use crate::auth::{ApiKeys, Authenticator, IssuerId};
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, UserKey};
 use crate::revocation::Durable;
-use crate::revocation::Revocation;
+use crate::revocation::{LogoutOrder, Revocation};
 use crate::server::ConnLimits;
+use crate::sessions::{Ended, Sessions};
 use crate::util::KeyedLimiter;
 
 /// Everything a request or socket needs, shared behind one `Arc`.
@@ -92,12 +97,115 @@ pub struct App {
     pub dev_api_key_file: Option<PathBuf>,
     /// Set when several nodes share Redis (`cluster`).
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Native-to-Web SSO: clients, transfer tokens, web sessions.
+    pub sessions: Sessions,
+    /// Signs the session tokens of transfer-created web sessions.
+    pub session_signer: Signer,
+    pub session_issuer_id: IssuerId,
     next_conn: AtomicU64,
 }
 
 impl App {
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A logout by any trigger (`/v1/logout`, back-channel, CAEP): the one
+    /// logout path, then the session graph follows it. A logout of a hub
+    /// web session (or user) ends those web sessions; a logout of an
+    /// upstream session or user revokes the native sessions rooted there
+    /// and, by the cascade rule, pushes to their web sessions.
+    pub async fn logout(
+        &self,
+        order: LogoutOrder,
+    ) -> Result<revocation::LogoutOutcome, store::StoreError> {
+        let target = order.target.clone();
+        let outcome = self.revocation.logout(order).await?;
+        self.follow_logout(&target).await?;
+        Ok(outcome)
+    }
+
+    /// [`App::logout`] for a token with a `jti`, once (see
+    /// `Revocation::logout_once`): `Ok(false)` for a replay.
+    pub async fn logout_once(
+        &self,
+        iss: IssuerId,
+        jti: &str,
+        expires_at_ms: i64,
+        order: LogoutOrder,
+    ) -> Result<bool, store::StoreError> {
+        let target = order.target.clone();
+        let first = self
+            .revocation
+            .logout_once(iss, jti, expires_at_ms, order)
+            .await?;
+        if first {
+            self.follow_logout(&target).await?;
+        }
+        Ok(first)
+    }
+
+    async fn follow_logout(&self, target: &registry::Target) -> Result<(), store::StoreError> {
+        use registry::Target;
+        use sessions::Revoke;
+        let iss = match target {
+            Target::User(k) => k.iss,
+            Target::Session(k) => k.iss,
+        };
+        if iss == self.session_issuer_id {
+            // The sockets were told by the logout itself.
+            let (sid, sub) = match target {
+                Target::Session(k) => (Some(&*k.sid), None),
+                Target::User(k) => (None, Some(&*k.sub)),
+            };
+            self.sessions.logged_out(sid, sub).await;
+            return Ok(());
+        }
+        let iss = self.auth.issuer_name(iss).to_string();
+        let what = match target {
+            Target::Session(k) => Revoke::External {
+                iss,
+                sid: k.sid.to_string(),
+            },
+            Target::User(k) => Revoke::User {
+                sub: k.sub.to_string(),
+                iss: Some(iss),
+            },
+        };
+        let revoked = self.sessions.revoke(&what).await.map_err(|e| match e {
+            sessions::SessionError::Store(s) => s,
+            other => store::StoreError::Write(other.to_string()),
+        })?;
+        self.end_web_sessions(&revoked.web_sessions, "cascade", "cascade")
+            .await
+    }
+
+    /// Pushes the logout of web sessions the session graph ended (revoked,
+    /// cascaded, expired), each through the one logout path. Returns the
+    /// first failure to record one; every session is still attempted.
+    pub async fn end_web_sessions(
+        &self,
+        ended: &[Ended],
+        reason: &str,
+        source: &'static str,
+    ) -> Result<(), store::StoreError> {
+        let mut first_error = None;
+        for e in ended {
+            let order = LogoutOrder {
+                target: registry::Target::Session(registry::SessionKey {
+                    iss: self.session_issuer_id,
+                    sid: e.sid.as_str().into(),
+                }),
+                sub: Some(e.sub.as_str().into()),
+                reason: reason.to_string(),
+                source,
+                wait_for_acks: None,
+            };
+            if let Err(err) = self.revocation.logout(order).await {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -115,7 +223,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    DevIssuer(#[from] auth::dev_issuer::DevIssuerError),
+    Signer(#[from] auth::signer::SignerError),
     #[error("auth: {0}")]
     Auth(String),
     #[error("{0}; refusing to start with an empty store in its place")]
@@ -164,6 +272,7 @@ impl Hub {
             .collect();
 
         let mut allowed_origins = config.ws.allowed_origins.clone();
+        // (Web clients' origins are added below, once the clients are known.)
         if config.is_dev() {
             allowed_origins.push(public_url.clone());
             for (_, a) in &demos {
@@ -171,19 +280,13 @@ impl Hub {
                 allowed_origins.push(format!("http://localhost:{}", a.port()));
             }
         }
-        let cors_origins = if config.http.cors_origins.is_empty() {
-            allowed_origins.clone()
-        } else {
-            config.http.cors_origins.clone()
-        };
 
         let data_dir_error = |source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
         };
-        if config.dev.issuer || config.is_dev() {
-            std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
-        }
+        // Always: the hub's session-signing key lives there.
+        std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
         let mut issuers = config.issuers.clone();
         let mut dev_issuer = None;
         let mut dev_issuer_id = None;
@@ -198,6 +301,36 @@ impl Hub {
             }
             dev_issuer = Some(dev);
         }
+        let clients = sso_clients(&config, &demos);
+        let session_signer = Signer::load_or_create(
+            &config.data_dir,
+            "hub-session.ed25519.pk8",
+            "session",
+            public_url.clone(),
+        )?;
+        let session_issuer_id = IssuerId(issuers.len() as u16);
+        let mut session_audiences: Vec<String> = clients
+            .iter()
+            .filter(|c| c.kind == config::ClientKind::Web)
+            .map(|c| c.client_id.clone())
+            .collect();
+        if session_audiences.is_empty() {
+            // No web client: no session token can be issued; keep the issuer valid.
+            session_audiences.push("slo-hub-session".into());
+        }
+        issuers.push(session_signer.issuer_settings(session_audiences));
+        for c in &clients {
+            for o in &c.allowed_origins {
+                if !allowed_origins.contains(o) {
+                    allowed_origins.push(o.clone());
+                }
+            }
+        }
+        let cors_origins = if config.http.cors_origins.is_empty() {
+            allowed_origins.clone()
+        } else {
+            config.http.cors_origins.clone()
+        };
         let mut api_keys = ApiKeys::new(&config.api_keys);
         let mut dev_api_key_file = None;
         if config.is_dev() {
@@ -221,18 +354,18 @@ impl Hub {
             // Redis is the shared store; a local file would diverge between nodes.
             let (c, stored) = cluster::Cluster::connect(url).await?;
             let c = Arc::new(c);
-            (Durable::Cluster(c.clone()), stored, Some(c))
+            (Arc::new(Durable::Cluster(c.clone())), stored, Some(c))
         } else {
             match config.store {
                 StoreKind::Embedded => {
                     let (j, stored) = store::embedded::open(&config.data_dir)?;
-                    (Durable::Journal(j), stored, None)
+                    (Arc::new(Durable::Journal(j)), stored, None)
                 }
                 StoreKind::Memory => {
                     tracing::warn!(
                         "store = \"memory\": nothing survives a restart: logouts are kept in this process only, and after a restart revoked tokens work again until they expire"
                     );
-                    (Durable::Nothing, Vec::new(), None)
+                    (Arc::new(Durable::Nothing), Vec::new(), None)
                 }
             }
         };
@@ -243,10 +376,12 @@ impl Hub {
             registry.clone(),
             metrics.clone(),
             config.max_token_lifetime_secs,
-            durable,
+            durable.clone(),
             issuer_names,
         );
-        let restored = revocation.restore(stored);
+        let sessions = Sessions::new(&config, &clients, durable);
+        let graph_restored = sessions.restore(&stored);
+        let restored = revocation.restore(stored) + graph_restored;
         match (&config.cluster, config.store) {
             (Some(url), _) => {
                 tracing::info!(restored, %url, "cluster: watermarks loaded from Redis")
@@ -278,6 +413,9 @@ impl Hub {
             shutdown: CancellationToken::new(),
             dev_api_key_file,
             cluster: cluster.clone(),
+            sessions,
+            session_signer,
+            session_issuer_id,
             next_conn: AtomicU64::new(1),
             config,
         });
@@ -285,6 +423,7 @@ impl Hub {
         app.auth.spawn_refresh(&app.tasks, app.shutdown.clone());
         app.tasks.spawn(ws::heartbeat(app.clone()));
         app.tasks.spawn(maintenance(app.clone()));
+        app.tasks.spawn(expire_web_sessions(app.clone()));
         if let Some(c) = cluster {
             app.tasks.spawn(cluster::follow(app.clone(), c));
         }
@@ -339,5 +478,60 @@ async fn maintenance(app: Arc<App>) {
         }
         app.user_trigger_limits.forget_idle();
         app.auth.expire_cache();
+        app.sessions.purge(util::now_ms());
     }
+}
+
+/// Ends web sessions at their idle or absolute deadline and pushes their
+/// logout (reason `session_expired`) at that moment, not at the next request.
+async fn expire_web_sessions(app: Arc<App>) {
+    loop {
+        let now = util::now_ms();
+        // Without a live session, wake at least every minute anyway.
+        let wait_ms = app
+            .sessions
+            .next_deadline()
+            .map_or(60_000, |t| (t - now).clamp(0, 60_000));
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = app.sessions.deadline_changed.notified() => continue,
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+        }
+        let ended = app.sessions.expire_due(util::now_ms()).await;
+        if !ended.is_empty() {
+            tracing::info!(sessions = ended.len(), "web sessions expired");
+            if let Err(e) = app
+                .end_web_sessions(&ended, "session_expired", "expiry")
+                .await
+            {
+                tracing::warn!(error = %e, "expired sessions were pushed but not recorded");
+            }
+        }
+    }
+}
+
+/// The registered clients; in dev mode with none configured, the demo's:
+/// `native-sim` (mints transfer tokens) and the demo apps as web clients.
+fn sso_clients(
+    config: &Config,
+    demos: &[(&'static str, SocketAddr)],
+) -> Vec<config::ClientSettings> {
+    use config::{ClientKind, ClientSettings};
+    if !config.is_dev() || !config.clients.is_empty() {
+        return config.clients.clone();
+    }
+    let mut native = ClientSettings::new("native-sim", ClientKind::Native);
+    native.can_create_session_transfer_token = true;
+    let mut clients = vec![native];
+    for (name, addr) in demos {
+        let mut web = ClientSettings::new(name, ClientKind::Web);
+        for host in [addr.ip().to_string(), "localhost".into()] {
+            let origin = format!("http://{host}:{}", addr.port());
+            web.redirect_uris.push(format!("{origin}/"));
+            web.allowed_origins.push(origin);
+        }
+        web.allow_refresh_token = true;
+        clients.push(web);
+    }
+    clients
 }

@@ -56,7 +56,7 @@ pub enum Durable {
 
 impl Durable {
     /// Records `record` (before a trigger may be answered).
-    async fn put(&self, record: Record) -> Result<(), StoreError> {
+    pub async fn put(&self, record: Record) -> Result<(), StoreError> {
         match self {
             Durable::Nothing => Ok(()),
             Durable::Journal(j) => j.put(record).await,
@@ -91,8 +91,8 @@ pub struct Revocation {
     waiting: DashMap<String, Arc<AckCount>>,
     /// How long a watermark is kept: the longest token lifetime accepted.
     ttl_ms: i64,
-    /// Where watermarks are made durable.
-    durable: Durable,
+    /// Where watermarks are made durable (shared with the session graph).
+    durable: Arc<Durable>,
     /// Issuer names by `IssuerId`: the journal stores names, not positions.
     issuer_names: Vec<String>,
     /// Back-channel logout `jti`s already acted on, with their expiry (ms).
@@ -110,7 +110,7 @@ impl Revocation {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         ttl_secs: u64,
-        durable: Durable,
+        durable: Arc<Durable>,
         issuer_names: Vec<String>,
     ) -> Revocation {
         Revocation {
@@ -261,7 +261,7 @@ impl Revocation {
 
     /// Finishes pending journal writes and releases the store's file.
     pub fn close_journal(&self) {
-        if let Durable::Journal(j) = &self.durable {
+        if let Durable::Journal(j) = &*self.durable {
             j.close();
         }
     }
@@ -303,7 +303,7 @@ impl Revocation {
             .messages_delivered
             .inc_by(delivery.delivered as u64);
         self.metrics.logout_event(order.source);
-        if !matches!(self.durable, Durable::Nothing) {
+        if !matches!(*self.durable, Durable::Nothing) {
             let record = Record::watermark(&self.stored(&order.target, &event), self.ttl_ms);
             let started = Instant::now();
             let result = self.durable.put(record).await;
@@ -386,6 +386,19 @@ impl Revocation {
         latest.map_or(now_secs, |first| now_secs.max(first))
     }
 
+    /// [`Revocation::first_valid_iat`] for a token minted now, waiting for
+    /// the next second when a logout happened in this one (`iat` has
+    /// one-second resolution, and a same-second logout would revoke it).
+    pub async fn valid_iat_now(&self, user: &UserKey, session: Option<&SessionKey>) -> u64 {
+        let now = util::now_secs();
+        let iat = self.first_valid_iat(user, session, now);
+        if iat > now {
+            let wait_ms = (iat as i64 * 1000 - util::now_ms()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        }
+        iat
+    }
+
     /// Counts a client's acknowledgement of the logout it was sent.
     pub fn acked(&self, event_id: &str) {
         self.metrics.messages_acked.inc();
@@ -402,7 +415,7 @@ impl Revocation {
         let n = self.watermarks.expire(now, self.ttl_ms);
         self.jtis.retain(|_, exp| *exp > now);
         // Redis expires its keys itself (PX).
-        if let Durable::Journal(j) = &self.durable
+        if let Durable::Journal(j) = &*self.durable
             && let Err(e) = j.expire(now).await
         {
             tracing::warn!(error = %e, "store: expiring old watermarks failed; retrying later");

@@ -6,6 +6,7 @@
 //!   which is either a user's JWT or a backend API key (`api_keys`).
 //! * `dev_issuer` — the dev-mode token minter; to this module it is one more
 //!   issuer with a static key.
+//! * `signer` — the Ed25519 keys the hub signs with (dev tokens, session tokens).
 //! * `crypto` — the ring provider jsonwebtoken signs and verifies with.
 //!
 //! Must not: decide what a principal may do beyond scopes (that is the
@@ -17,6 +18,7 @@ pub mod crypto;
 pub mod dev_issuer;
 mod jwks;
 pub mod jwt;
+pub mod signer;
 mod verified;
 
 use std::collections::HashMap;
@@ -133,9 +135,16 @@ impl Authenticator {
         &self.issuers[id.0 as usize].iss
     }
 
-    /// The issuer when exactly one is configured (lets backends omit `iss`).
-    pub fn single_issuer(&self) -> Option<IssuerId> {
-        (self.issuers.len() == 1).then_some(IssuerId(0))
+    /// The issuer when exactly one is configured besides `except` (the
+    /// hub's own session issuer), which lets backends omit `iss`.
+    pub fn single_issuer(&self, except: IssuerId) -> Option<IssuerId> {
+        let mut others = (0..self.issuers.len() as u16)
+            .map(IssuerId)
+            .filter(|id| *id != except);
+        match (others.next(), others.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
     }
 
     /// Verifies an access token completely (signature and claims). Revocation

@@ -103,7 +103,6 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
     // A replayed token is acknowledged again, and nothing else happens.
     let expires = claims.exp.saturating_mul(1000) + 60_000;
     match app
-        .revocation
         .logout_once(claims.issuer, &claims.jti, expires, order)
         .await
     {

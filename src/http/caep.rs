@@ -100,11 +100,7 @@ async fn push(State(app): State<Arc<App>>, req: Request) -> Response {
         wait_for_acks: None,
     };
     let keep = event.keep_until.saturating_mul(1000);
-    match app
-        .revocation
-        .logout_once(event.issuer, &event.jti, keep, order)
-        .await
-    {
+    match app.logout_once(event.issuer, &event.jti, keep, order).await {
         Ok(_) => respond(StatusCode::ACCEPTED, None),
         Err(e) => respond(
             StatusCode::SERVICE_UNAVAILABLE,

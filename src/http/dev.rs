@@ -1,9 +1,9 @@
-//! `POST /dev/token` (dev issuer only, loopback peers only) and
-//! `GET /.well-known/jwks.json` (the public keys of tokens the hub signs).
+//! `POST /dev/token` and `POST /dev/native-session` (dev issuer only,
+//! loopback peers only) and `GET /.well-known/jwks.json` (the public keys of
+//! tokens the hub signs).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::routing::{get, post};
@@ -21,6 +21,7 @@ use crate::util;
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/dev/token", post(dev_token))
+        .route("/dev/native-session", post(dev_native_session))
         .route("/.well-known/jwks.json", get(jwks))
 }
 
@@ -30,10 +31,6 @@ struct DevTokenBody {
     sub: String,
     sid: Option<String>,
     client_id: Option<String>,
-}
-
-fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control)
 }
 
 async fn dev_token(
@@ -50,14 +47,12 @@ async fn dev_token(
         ));
     }
     let ids = [Some(&body.sub), body.sid.as_ref(), body.client_id.as_ref()];
-    if ids.into_iter().flatten().any(|s| !valid_id(s)) {
+    if ids.into_iter().flatten().any(|s| !util::is_printable_id(s)) {
         return Err(ApiError::bad_request(
             "bad_request",
             "sub, sid and client_id must be 1 to 255 printable characters",
         ));
     }
-    // A token minted in the same second as this user's last logout would be
-    // revoked by it (iat has one-second resolution): wait for the next second.
     let user = UserKey {
         iss,
         sub: body.sub.as_str().into(),
@@ -66,12 +61,7 @@ async fn dev_token(
         iss,
         sid: sid.into(),
     });
-    let now = util::now_secs();
-    let iat = app.revocation.first_valid_iat(&user, session.as_ref(), now);
-    if iat > now {
-        let wait_ms = (iat as i64 * 1000 - util::now_ms()).max(0) as u64;
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-    }
+    let iat = app.revocation.valid_iat_now(&user, session.as_ref()).await;
     let token = dev.mint(
         &body.sub,
         body.sid.as_deref(),
@@ -85,7 +75,51 @@ async fn dev_token(
     })))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeSessionBody {
+    sub: String,
+    client_id: Option<String>,
+}
+
+/// Plays a native app's login: a native session of the dev user `sub` for
+/// a native client (default `native-sim`), answered with its refresh token.
+async fn dev_native_session(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<NativeSessionBody>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(dev) = &app.dev_issuer else {
+        return Err(ApiError::NotFound);
+    };
+    if !peer.ip().is_loopback() {
+        return Err(ApiError::Forbidden(
+            "the dev issuer answers loopback clients only".into(),
+        ));
+    }
+    if !util::is_printable_id(&body.sub) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "sub must be 1 to 255 printable characters",
+        ));
+    }
+    let client_id = body.client_id.as_deref().unwrap_or("native-sim");
+    let grant = app
+        .sessions
+        .open_native(client_id, dev.iss(), &body.sub, None)
+        .await
+        .map_err(|e| match e {
+            crate::sessions::SessionError::Store(s) => ApiError::Unavailable(s.to_string()),
+            other => ApiError::bad_request("bad_request", other.to_string()),
+        })?;
+    Ok(Json(json!({
+        "refresh_token": grant.refresh_token,
+        "native_session": grant.native_session,
+    })))
+}
+
 async fn jwks(State(app): State<Arc<App>>) -> Json<Value> {
-    let keys: Vec<Value> = app.dev_issuer.iter().map(|d| d.jwk()).collect();
+    let mut keys: Vec<Value> = app.dev_issuer.iter().map(|d| d.jwk()).collect();
+    keys.push(app.session_signer.jwk());
     Json(json!({ "keys": keys }))
 }

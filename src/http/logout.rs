@@ -153,7 +153,6 @@ async fn logout(
         }
     };
     let outcome = app
-        .revocation
         .logout(LogoutOrder {
             target,
             sub,
@@ -188,11 +187,14 @@ fn backend_issuer(app: &App, iss: Option<&str>) -> Result<IssuerId, ApiError> {
         Some(i) => app.auth.issuer_id(i).ok_or_else(|| {
             ApiError::bad_request("unknown_issuer", "no issuer with this iss is configured")
         }),
-        None => app.auth.single_issuer().ok_or_else(|| {
-            ApiError::bad_request(
-                "bad_request",
-                "several issuers are configured: name one with \"iss\"",
-            )
-        }),
+        None => app
+            .auth
+            .single_issuer(app.session_issuer_id)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_request",
+                    "several issuers are configured: name one with \"iss\"",
+                )
+            }),
     }
 }

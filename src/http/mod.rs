@@ -3,7 +3,9 @@
 //! * `logout` — `POST /v1/logout`, the trigger.
 //! * `backchannel` — `POST /v1/backchannel-logout`, OpenID Back-Channel Logout.
 //! * `caep` — `POST /v1/events`, CAEP `session-revoked` SETs (RFC 8935 push).
-//! * `dev` — `POST /dev/token` and `GET /.well-known/jwks.json`.
+//! * `oauth` — `POST /oauth/token` and `GET /authorize`: Native-to-Web SSO.
+//! * `revocations` — `POST /v1/revocations`, revoking along the session graph.
+//! * `dev` — `POST /dev/token`, `POST /dev/native-session`, `GET /.well-known/jwks.json`.
 //! * `health` — `/healthz`, `/readyz`, `/metrics`.
 //! * `assets` — the JS client library and the pages the hub serves.
 //! * `/v1/ws` is routed to `ws::upgrade`.
@@ -21,6 +23,8 @@ pub mod caep;
 pub mod dev;
 pub mod health;
 pub mod logout;
+pub mod oauth;
+pub mod revocations;
 
 use std::sync::Arc;
 
@@ -42,6 +46,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(logout::router())
         .merge(backchannel::router())
         .merge(caep::router())
+        .merge(oauth::router())
+        .merge(revocations::router())
         .merge(dev::router())
         .layer(cors);
     Router::new()
@@ -91,6 +97,9 @@ fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
         Some("/v1/events") => "events",
         Some("/v1/ws") => "ws",
         Some("/dev/token") => "dev_token",
+        Some("/oauth/token") => "oauth_token",
+        Some("/authorize") => "authorize",
+        Some("/v1/revocations") => "revocations",
         Some(_) => "other",
         None => "unrouted",
     }

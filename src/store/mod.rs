@@ -19,9 +19,7 @@ use crate::registry::{SessionKey, Target, UserKey};
 
 /// The kinds of state that must outlive the process. Each has its own key
 /// space (a redb table, a Redis key prefix) and its records expire by
-/// themselves. Watermarks are the kind that exists today; the session graph,
-/// consumed transfer tokens and the back-channel `jti` replay cache are
-/// meant to become kinds of their own here.
+/// themselves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// The latest logout of a user or session ([`embedded::StoredEvent`]).
@@ -29,16 +27,21 @@ pub enum Kind {
     /// A back-channel logout token's `jti` already acted on (key
     /// `{iss}\x1f{jti}`), kept until the token expires.
     LogoutJti,
+    /// One entity of the Native-to-Web session graph (`sessions`): a native
+    /// or web session, a refresh token or a transfer token, keyed by id or
+    /// by the secret's digest.
+    SessionGraph,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Watermark, Kind::LogoutJti];
+    pub const ALL: [Kind; 3] = [Kind::Watermark, Kind::LogoutJti, Kind::SessionGraph];
 
     /// The table / key-prefix name (stable: it is on disk and in Redis).
     pub fn name(self) -> &'static str {
         match self {
             Kind::Watermark => "watermarks",
             Kind::LogoutJti => "logout_jtis",
+            Kind::SessionGraph => "session_graph",
         }
     }
 

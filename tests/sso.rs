@@ -1,0 +1,1123 @@
+//! Native-to-Web SSO: minting and redeeming session transfer tokens, the
+//! four `/authorize` outcomes, and revocation along the session graph —
+//! each rule with a live socket that must (or must not) be logged out.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{API_KEY, EVENT_TIMEOUT, TEST_ISS, TestHub, hs256_token};
+use serde_json::{Value, json};
+use slo_hub::config::{AuthMethod, ClientKind, ClientSettings, Config};
+
+const AUD: &str = "urn:slo-hub:session_transfer";
+const CB: &str = "https://web.test/cb";
+
+fn native(id: &str, adjust: impl FnOnce(&mut ClientSettings)) -> ClientSettings {
+    let mut c = ClientSettings::new(id, ClientKind::Native);
+    c.can_create_session_transfer_token = true;
+    adjust(&mut c);
+    c
+}
+
+fn web(id: &str, adjust: impl FnOnce(&mut ClientSettings)) -> ClientSettings {
+    let mut c = ClientSettings::new(id, ClientKind::Web);
+    c.redirect_uris = vec![CB.into()];
+    c.allow_refresh_token = true;
+    adjust(&mut c);
+    c
+}
+
+fn clients(c: &mut Config) {
+    c.clients = vec![
+        native("native", |_| {}),
+        native("native-nocascade", |c| c.enforce_cascade_revocation = false),
+        native("native-rotating", |c| c.rotate_refresh_token = true),
+        native("native-weak", |c| {
+            c.can_create_session_transfer_token = false
+        }),
+        native("native-to-other", |c| {
+            c.transfer_to = vec!["web-other".into()]
+        }),
+        web("web", |_| {}),
+        web("web-other", |_| {}),
+        web("web-offline", |c| c.enforce_online_refresh_tokens = false),
+        web("web-cookie-only", |c| {
+            c.allowed_authentication_methods = vec![AuthMethod::Cookie]
+        }),
+        web("web-short", |c| {
+            c.session_lifetime_secs = 2;
+            c.session_idle_secs = 2;
+        }),
+    ];
+}
+
+/// A browser: a cookie jar of its own (the hub's session cookie) and an address.
+#[derive(Default, Clone)]
+struct Browser {
+    session_cookie: Option<String>,
+    from: Option<IpAddr>,
+}
+
+/// Where `/authorize` sent the browser.
+#[derive(Debug)]
+struct Redirect {
+    status: u16,
+    location: Option<String>,
+    params: Vec<(String, String)>,
+    set_cookies: Vec<String>,
+    body: String,
+}
+
+impl Redirect {
+    fn param(&self, k: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A web session as the SPA holds it.
+struct WebLogin {
+    token: String,
+    sid: String,
+    refresh_token: Option<String>,
+}
+
+struct Sso {
+    hub: TestHub,
+}
+
+fn pkce() -> (String, String) {
+    let verifier = URL_SAFE_NO_PAD.encode(slo_hub::util::random_bytes::<32>());
+    let challenge = URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+    (verifier, challenge)
+}
+
+fn client_from(from: Option<IpAddr>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if let Some(ip) = from {
+        b = b.local_address(ip);
+    }
+    b.build().unwrap()
+}
+
+impl Sso {
+    async fn start() -> Sso {
+        Sso::with(|_| {}).await
+    }
+
+    async fn with(adjust: impl FnOnce(&mut Config)) -> Sso {
+        Sso {
+            hub: TestHub::with(|c| {
+                clients(c);
+                adjust(c);
+            })
+            .await,
+        }
+    }
+
+    /// A native app's login (dev issuer user `sub`): its refresh token.
+    async fn native_login(&self, client_id: &str, sub: &str) -> String {
+        let r = self
+            .hub
+            .http
+            .post(format!("{}/dev/native-session", self.hub.url))
+            .json(&json!({"sub": sub, "client_id": client_id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["refresh_token"].as_str().unwrap().to_string()
+    }
+
+    /// POST /oauth/token with a JSON body, from an address: status and answer.
+    async fn token_from(
+        &self,
+        from: Option<IpAddr>,
+        body: Value,
+        xff: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = client_from(from)
+            .post(format!("{}/oauth/token", self.hub.url))
+            .json(&body);
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        (status, r.json().await.unwrap())
+    }
+
+    async fn token(&self, body: Value) -> (u16, Value) {
+        self.token_from(None, body, None).await
+    }
+
+    async fn mint(&self, client_id: &str, refresh: &str) -> (u16, Value) {
+        self.token(json!({
+            "grant_type": "refresh_token", "client_id": client_id,
+            "refresh_token": refresh, "audience": AUD,
+        }))
+        .await
+    }
+
+    async fn stt(&self, client_id: &str, refresh: &str) -> String {
+        let (status, v) = self.mint(client_id, refresh).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            v["issued_token_type"],
+            "urn:auth0:params:oauth:token-type:session_transfer_token"
+        );
+        assert_eq!(v["token_type"], "N_A");
+        assert_eq!(v["expires_in"], 60);
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// GET /authorize as `browser`, the STT by query or cookie.
+    async fn authorize(
+        &self,
+        browser: &Browser,
+        client_id: &str,
+        stt_query: Option<&str>,
+        stt_cookie: Option<&str>,
+        challenge: &str,
+    ) -> Redirect {
+        self.authorize_to(
+            browser, client_id, CB, stt_query, stt_cookie, challenge, None,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn authorize_to(
+        &self,
+        browser: &Browser,
+        client_id: &str,
+        redirect_uri: &str,
+        stt_query: Option<&str>,
+        stt_cookie: Option<&str>,
+        challenge: &str,
+        xff: Option<&str>,
+    ) -> Redirect {
+        let mut q = vec![
+            ("client_id", client_id),
+            ("redirect_uri", redirect_uri),
+            ("response_type", "code"),
+            ("state", "st4te"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ];
+        if let Some(t) = stt_query {
+            q.push(("session_transfer_token", t));
+        }
+        let mut cookies = Vec::new();
+        if let Some(c) = &browser.session_cookie {
+            cookies.push(format!("slo_hub_session={c}"));
+        }
+        if let Some(t) = stt_cookie {
+            cookies.push(format!("session_transfer_token={t}"));
+        }
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&q)
+            .finish();
+        let mut req = client_from(browser.from).get(format!("{}/authorize?{query}", self.hub.url));
+        if !cookies.is_empty() {
+            req = req.header("cookie", cookies.join("; "));
+        }
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let set_cookies = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        let params = location
+            .as_deref()
+            .and_then(|l| l.split_once('?'))
+            .map(|(_, q)| {
+                form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Redirect {
+            status,
+            location,
+            params,
+            set_cookies,
+            body: r.text().await.unwrap(),
+        }
+    }
+
+    /// The authorization-code exchange.
+    async fn exchange(&self, client_id: &str, code: &str, verifier: &str) -> (u16, Value) {
+        self.token(json!({
+            "grant_type": "authorization_code", "client_id": client_id,
+            "code": code, "redirect_uri": CB, "code_verifier": verifier,
+        }))
+        .await
+    }
+
+    /// The whole redemption (query mode): browser gets its session cookie,
+    /// the SPA its session token.
+    async fn open_web(&self, browser: &mut Browser, client_id: &str, stt: &str) -> WebLogin {
+        let (verifier, challenge) = pkce();
+        let r = self
+            .authorize(browser, client_id, Some(stt), None, &challenge)
+            .await;
+        assert_eq!(r.status, 303, "{r:?}");
+        assert_eq!(r.param("state"), Some("st4te"));
+        let code = r.param("code").unwrap_or_else(|| panic!("no code: {r:?}"));
+        if let Some(c) = session_cookie(&r) {
+            browser.session_cookie = Some(c);
+        }
+        let (status, v) = self.exchange(client_id, code, &verifier).await;
+        assert_eq!(status, 200, "{v}");
+        WebLogin {
+            token: v["access_token"].as_str().unwrap().to_string(),
+            sid: v["session_id"].as_str().unwrap().to_string(),
+            refresh_token: v["refresh_token"].as_str().map(str::to_string),
+        }
+    }
+
+    async fn revoke(&self, body: Value) -> Value {
+        let (status, _, v) = self.post_revocation(body).await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    async fn post_revocation(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .hub
+            .http
+            .post(format!("{}/v1/revocations", self.hub.url))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (s, h) = (r.status().as_u16(), r.headers().clone());
+        (s, h, r.json().await.unwrap())
+    }
+}
+
+fn session_cookie(r: &Redirect) -> Option<String> {
+    r.set_cookies.iter().find_map(|c| {
+        let v = c.strip_prefix("slo_hub_session=")?.split(';').next()?;
+        (!v.is_empty()).then(|| v.to_string())
+    })
+}
+
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// Outcome 1 end to end: mint, redeem by query, exchange the code; the
+/// session token is hub-signed, transfer-marked, bounded by the session,
+/// and opens a socket like any other token.
+#[tokio::test]
+async fn outcome_1_valid_token_and_no_session_creates_a_web_session() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let stt = sso.stt("native", &refresh).await;
+    assert!(stt.len() >= 4 + 43, "at least 256 random bits: {stt}");
+    let mut browser = Browser::default();
+    let login = sso.open_web(&mut browser, "web", &stt).await;
+    assert!(browser.session_cookie.is_some());
+    let c = claims(&login.token);
+    assert_eq!(c["iss"], sso.hub.url);
+    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["aud"], "web");
+    assert_eq!(c["sid"], login.sid);
+    assert_eq!(c["slo_transfer"], true);
+    let lifetime = c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap();
+    assert!(lifetime <= 600, "{c}");
+    let (mut ws, ready) = sso.hub.socket(&login.token).await;
+    assert_eq!(ready["sub"], "alice");
+    // The session cookie alone signs in again (silent SSO).
+    let (_, challenge) = pkce();
+    let again = sso.authorize(&browser, "web", None, None, &challenge).await;
+    assert!(again.param("code").is_some(), "{again:?}");
+    ws.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn outcome_2_same_user_reuses_the_session() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let mut browser = Browser::default();
+    let first = sso
+        .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
+        .await;
+    let (mut ws, _) = sso.hub.socket(&first.token).await;
+    let second = sso
+        .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
+        .await;
+    assert_eq!(second.sid, first.sid, "the same session is reused");
+    ws.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn outcome_3_different_user_revokes_the_existing_session_live() {
+    let sso = Sso::start().await;
+    let alice = sso.native_login("native", "alice").await;
+    let bob = sso.native_login("native", "bob").await;
+    let mut browser = Browser::default();
+    let login = sso
+        .open_web(&mut browser, "web", &sso.stt("native", &alice).await)
+        .await;
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    let bob_stt = sso.stt("native", &bob).await;
+    let (_, challenge) = pkce();
+    let r = sso
+        .authorize(&browser, "web", Some(&bob_stt), None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"), "{r:?}");
+    assert!(r.param("code").is_none());
+    let msg = ws.recv_json().await;
+    assert_eq!(msg["type"], "logout");
+    assert_eq!(msg["sid"], login.sid);
+    assert_eq!(msg["reason"], "session_replaced");
+    // Alice's session is gone: its cookie no longer signs in.
+    let r = sso.authorize(&browser, "web", None, None, &challenge).await;
+    assert_eq!(r.param("error"), Some("login_required"));
+    // And Bob's token was used up by its presentation.
+    let r = sso
+        .authorize(&Browser::default(), "web", Some(&bob_stt), None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"));
+}
+
+#[tokio::test]
+async fn outcome_4_invalid_token_with_a_session_changes_nothing() {
+    let sso = Sso::start().await;
+    let alice = sso.native_login("native", "alice").await;
+    let mut browser = Browser::default();
+    let stt = sso.stt("native", &alice).await;
+    let login = sso.open_web(&mut browser, "web", &stt).await;
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    let (_, challenge) = pkce();
+    for bad in [
+        stt.as_str(),
+        "stt_guessed-guessed-guessed-guessed-guessed-gue",
+        "",
+    ] {
+        let r = sso
+            .authorize(
+                &browser,
+                "web",
+                Some(bad).filter(|b| !b.is_empty()),
+                None,
+                &challenge,
+            )
+            .await;
+        if bad.is_empty() {
+            // No token at all: the live session signs in.
+            assert!(r.param("code").is_some(), "{r:?}");
+        } else {
+            assert_eq!(r.param("error"), Some("login_required"), "{bad}: {r:?}");
+            assert!(session_cookie(&r).is_none(), "nothing created");
+        }
+    }
+    ws.assert_quiet().await;
+    assert_eq!(
+        sso.hub.app().sessions.counts().1,
+        1,
+        "one web session, still live"
+    );
+}
+
+#[tokio::test]
+async fn a_transfer_token_is_redeemed_exactly_once_under_concurrency() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    for _round in 0..5 {
+        let stt = sso.stt("native", &refresh).await;
+        let (_, challenge) = pkce();
+        let fresh = Browser::default();
+        let tries = (0..12).map(|_| sso.authorize(&fresh, "web", Some(&stt), None, &challenge));
+        let results = futures_util::future::join_all(tries).await;
+        let codes = results.iter().filter(|r| r.param("code").is_some()).count();
+        let refused = results
+            .iter()
+            .filter(|r| r.param("error") == Some("login_required"))
+            .count();
+        assert_eq!((codes, refused), (1, 11));
+    }
+}
+
+#[tokio::test]
+async fn an_expired_transfer_token_is_refused() {
+    let sso = Sso::with(|c| c.transfer.token_ttl_secs = 1).await;
+    let refresh = sso.native_login("native", "alice").await;
+    let (_, v) = sso.mint("native", &refresh).await;
+    assert_eq!(v["expires_in"], 1);
+    let stt = v["access_token"].as_str().unwrap();
+    // Time must pass for a token to expire; nothing else is awaited here.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (_, challenge) = pkce();
+    let r = sso
+        .authorize(&Browser::default(), "web", Some(stt), None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"));
+    assert!(
+        r.param("error_description").unwrap().contains("expired"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_transfer_token_is_bound_to_the_minting_ip() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let (_, challenge) = pkce();
+    // Minted from 127.0.0.1, redeemed from 127.0.0.2: another device.
+    let stt = sso.stt("native", &refresh).await;
+    let elsewhere = Browser {
+        from: Some("127.0.0.2".parse().unwrap()),
+        ..Browser::default()
+    };
+    let r = sso
+        .authorize(&elsewhere, "web", Some(&stt), None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"), "{r:?}");
+    assert!(
+        r.param("error_description")
+            .unwrap()
+            .contains("another device")
+    );
+    // A spoofed X-Forwarded-For from an untrusted peer changes nothing.
+    let stt = sso.stt("native", &refresh).await;
+    let r = sso
+        .authorize_to(
+            &elsewhere,
+            "web",
+            CB,
+            Some(&stt),
+            None,
+            &challenge,
+            Some("127.0.0.1"),
+        )
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"), "{r:?}");
+    // `enforce_device_binding = "none"` accepts any address.
+    let sso =
+        Sso::with(|c| c.clients[5].enforce_device_binding = slo_hub::config::DeviceBinding::None)
+            .await;
+    let refresh = sso.native_login("native", "alice").await;
+    let stt = sso.stt("native", &refresh).await;
+    let r = sso
+        .authorize(&elsewhere, "web", Some(&stt), None, &challenge)
+        .await;
+    assert!(r.param("code").is_some(), "{r:?}");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_bound() {
+    let sso = Sso::with(|c| c.transfer.trusted_proxies = vec!["127.0.0.1".into()]).await;
+    let refresh = sso.native_login("native", "alice").await;
+    let body = json!({"grant_type": "refresh_token", "client_id": "native",
+        "refresh_token": refresh, "audience": AUD});
+    let (_, challenge) = pkce();
+    let (_, v) = sso
+        .token_from(None, body.clone(), Some("203.0.113.5"))
+        .await;
+    let stt = v["access_token"].as_str().unwrap().to_string();
+    let b = Browser::default();
+    let r = sso
+        .authorize_to(
+            &b,
+            "web",
+            CB,
+            Some(&stt),
+            None,
+            &challenge,
+            Some("203.0.113.6"),
+        )
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"), "{r:?}");
+    let (_, v) = sso.token_from(None, body, Some("203.0.113.5")).await;
+    let stt = v["access_token"].as_str().unwrap().to_string();
+    let r = sso
+        .authorize_to(
+            &b,
+            "web",
+            CB,
+            Some(&stt),
+            None,
+            &challenge,
+            Some("10.0.0.1, 203.0.113.5"),
+        )
+        .await;
+    assert!(r.param("code").is_some(), "{r:?}");
+}
+
+#[tokio::test]
+async fn minting_is_refused_with_rfc6749_errors() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let weak = sso.native_login("native-weak", "alice").await;
+    let cases = [
+        (
+            sso.mint("native-weak", &weak).await,
+            400,
+            "unauthorized_client",
+        ),
+        (sso.mint("native", "rt_unknown").await, 400, "invalid_grant"),
+        (sso.mint("nobody", &refresh).await, 401, "invalid_client"),
+        (sso.mint("web", &refresh).await, 400, "unauthorized_client"),
+        (
+            sso.mint("native-rotating", &refresh).await,
+            400,
+            "invalid_grant",
+        ),
+        (
+            sso.token(json!({"grant_type": "refresh_token", "client_id": "native",
+                "refresh_token": refresh, "audience": "urn:other"}))
+                .await,
+            400,
+            "invalid_request",
+        ),
+        (
+            sso.token(json!({"grant_type": "password", "client_id": "native"}))
+                .await,
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            sso.token(json!({"grant_type": "refresh_token", "client_id": "native"}))
+                .await,
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (i, ((status, v), want_status, want)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            (status, v["error"].as_str().unwrap()),
+            (want_status, want),
+            "case {i}: {v}"
+        );
+        assert!(
+            v["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+    }
+    // A form body naming a parameter twice.
+    let (status, _, v) = sso
+        .hub
+        .post_body(
+            "/oauth/token",
+            "application/x-www-form-urlencoded",
+            "grant_type=refresh_token&client_id=native&client_id=native-weak&refresh_token=x",
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    // The form body works like JSON.
+    let form = format!(
+        "grant_type=refresh_token&client_id=native&refresh_token={refresh}&audience={}",
+        urlencode(AUD)
+    );
+    let (status, _, v) = sso
+        .hub
+        .post_body("/oauth/token", "application/x-www-form-urlencoded", &form)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let metric = sso
+        .hub
+        .metric("slo_hub_http_rejections_total{endpoint=\"oauth_token\",error=\"invalid_grant\"}")
+        .await;
+    assert!(metric >= 2.0, "{metric}");
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn nested_transfer_is_refused() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let mut browser = Browser::default();
+    let login = sso
+        .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
+        .await;
+    // The web session's refresh token cannot mint...
+    let web_rt = login.refresh_token.unwrap();
+    let (status, v) = sso.mint("native", &web_rt).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert!(
+        v["error_description"].as_str().unwrap().contains("nested"),
+        "{v}"
+    );
+    // ...nor its session token, exchanged as a subject token.
+    let (status, v) = sso
+        .token(json!({
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "client_id": "native", "subject_token": login.token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "audience": AUD,
+        }))
+        .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert!(
+        v["error_description"].as_str().unwrap().contains("nested"),
+        "{v}"
+    );
+}
+
+/// RFC 8693: an upstream token of the native app mints directly; a
+/// logout of that upstream session cascades to the web sessions.
+#[tokio::test]
+async fn token_exchange_mints_and_an_upstream_logout_cascades() {
+    let sso = Sso::start().await;
+    let upstream = hs256_token(json!({"sub": "carol", "sid": "up-1"}));
+    let (status, v) = sso
+        .token(json!({
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "client_id": "native", "subject_token": upstream,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "audience": AUD,
+        }))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let stt = v["access_token"].as_str().unwrap();
+    let mut browser = Browser::default();
+    let login = sso.open_web(&mut browser, "web", stt).await;
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    // The identity provider logs the upstream session out.
+    let (status, _) = sso
+        .hub
+        .logout(API_KEY, json!({"iss": TEST_ISS, "sid": "up-1"}))
+        .await;
+    assert_eq!(status, 200);
+    let msg = ws.recv_json().await;
+    assert_eq!(
+        (msg["type"].as_str(), msg["reason"].as_str()),
+        (Some("logout"), Some("cascade"))
+    );
+    assert_eq!(msg["sid"], login.sid);
+}
+
+/// Revoking a native refresh token, with the native client cascading: the
+/// web session ends live, its (online) refresh token dies with it, and the
+/// answer lists what was revoked.
+#[tokio::test]
+async fn cascade_on_revokes_derived_web_sessions_live() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let mut browser = Browser::default();
+    let login = sso
+        .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
+        .await;
+    let unused = sso.stt("native", &refresh).await;
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    let v = sso
+        .revoke(json!({"type": "refresh_token", "token": refresh}))
+        .await;
+    assert_eq!(v["revoked"]["web_sessions"], 1, "{v}");
+    assert_eq!(v["revoked"]["native_sessions"], 1, "{v}");
+    assert_eq!(v["revoked"]["refresh_tokens"], 2, "native + web: {v}");
+    assert_eq!(v["revoked"]["transfer_tokens"], 1, "{v}");
+    assert_eq!(v["web_sessions"][0], login.sid);
+    let msg = ws.recv_json().await;
+    assert_eq!(
+        (msg["type"].as_str(), msg["reason"].as_str()),
+        (Some("logout"), Some("session_revoked"))
+    );
+    // The session token no longer opens a socket; the refresh tokens are dead.
+    let mut again = common::Ws::connect(&sso.hub.ws_url, None).await.unwrap();
+    again
+        .send_json(json!({"type": "auth", "token": login.token}))
+        .await;
+    assert_eq!(again.close_code().await, Some(4000));
+    let (status, v) = sso
+        .token(json!({"grant_type": "refresh_token", "client_id": "web",
+            "refresh_token": login.refresh_token.unwrap()}))
+        .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    let (_, challenge) = pkce();
+    let r = sso
+        .authorize(&Browser::default(), "web", Some(&unused), None, &challenge)
+        .await;
+    assert_eq!(
+        r.param("error"),
+        Some("login_required"),
+        "revoked parent voids the STT"
+    );
+    let (status, _) = sso.mint("native", &refresh).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn cascade_off_keeps_web_sessions_but_voids_unused_transfer_tokens() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native-nocascade", "alice").await;
+    let mut browser = Browser::default();
+    let login = sso
+        .open_web(
+            &mut browser,
+            "web",
+            &sso.stt("native-nocascade", &refresh).await,
+        )
+        .await;
+    let unused = sso.stt("native-nocascade", &refresh).await;
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    let v = sso
+        .revoke(json!({"type": "refresh_token", "token": refresh}))
+        .await;
+    assert_eq!(v["revoked"]["web_sessions"], 0, "{v}");
+    assert_eq!(v["revoked"]["native_sessions"], 0, "{v}");
+    assert_eq!(v["revoked"]["refresh_tokens"], 1, "{v}");
+    assert_eq!(v["revoked"]["transfer_tokens"], 1, "{v}");
+    ws.assert_quiet().await;
+    let (_, challenge) = pkce();
+    let r = sso
+        .authorize(&Browser::default(), "web", Some(&unused), None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"));
+    // The web session lives on: its cookie still signs in.
+    let r = sso.authorize(&browser, "web", None, None, &challenge).await;
+    assert!(r.param("code").is_some(), "{r:?}");
+}
+
+#[tokio::test]
+async fn online_refresh_tokens_end_with_their_session_and_offline_ones_do_not() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    for (client, survives) in [("web", false), ("web-offline", true)] {
+        let mut browser = Browser::default();
+        let login = sso
+            .open_web(&mut browser, client, &sso.stt("native", &refresh).await)
+            .await;
+        let (mut ws, _) = sso.hub.socket(&login.token).await;
+        let v = sso
+            .revoke(json!({"type": "session", "id": login.sid}))
+            .await;
+        assert_eq!(v["revoked"]["web_sessions"], 1, "{v}");
+        assert_eq!(
+            v["revoked"]["refresh_tokens"],
+            if survives { 0 } else { 1 },
+            "{v}"
+        );
+        assert_eq!(ws.recv_json().await["reason"], "session_revoked");
+        let (status, v) = sso
+            .token(json!({"grant_type": "refresh_token", "client_id": client,
+                "refresh_token": login.refresh_token.unwrap()}))
+            .await;
+        if survives {
+            assert_eq!(status, 200, "{client}: {v}");
+            // A new token of the same sid, issued after the logout, works.
+            sso.hub.socket(v["access_token"].as_str().unwrap()).await;
+        } else {
+            assert_eq!(
+                (status, v["error"].as_str()),
+                (400, Some("invalid_grant")),
+                "{client}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn web_refresh_tokens_rotate_and_reuse_revokes_the_family() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let mut browser = Browser::default();
+    let login = sso
+        .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
+        .await;
+    let first = login.refresh_token.unwrap();
+    let body =
+        |rt: &str| json!({"grant_type": "refresh_token", "client_id": "web", "refresh_token": rt});
+    let (status, v) = sso.token(body(&first)).await;
+    assert_eq!(status, 200, "{v}");
+    let second = v["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["sid"],
+        login.sid
+    );
+    // The retired token comes back: refused, and the family goes with it.
+    let (status, v) = sso.token(body(&first)).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    let (status, _) = sso.token(body(&second)).await;
+    assert_eq!(status, 400, "the newer token was revoked too");
+}
+
+#[tokio::test]
+async fn native_refresh_tokens_rotate_when_the_client_says_so() {
+    let sso = Sso::start().await;
+    let first = sso.native_login("native-rotating", "alice").await;
+    let (status, v) = sso.mint("native-rotating", &first).await;
+    assert_eq!(status, 200);
+    let second = v["refresh_token"].as_str().unwrap().to_string();
+    let mut browser = Browser::default();
+    let login = sso
+        .open_web(&mut browser, "web", v["access_token"].as_str().unwrap())
+        .await;
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    // Reuse of the rotated token: invalid_grant, and the native session
+    // (cascading to the web session) is revoked.
+    let (status, v) = sso.mint("native-rotating", &first).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(ws.recv_json().await["reason"], "refresh_token_reuse");
+    assert_eq!(sso.mint("native-rotating", &second).await.0, 400);
+}
+
+#[tokio::test]
+async fn an_expiring_web_session_is_pushed_at_that_moment() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let mut browser = Browser::default();
+    let started = std::time::Instant::now();
+    let login = sso
+        .open_web(
+            &mut browser,
+            "web-short",
+            &sso.stt("native", &refresh).await,
+        )
+        .await;
+    let c = claims(&login.token);
+    assert!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap() <= 3,
+        "{c}"
+    );
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    let msg = ws.recv_json().await;
+    let after = started.elapsed();
+    assert_eq!(
+        (msg["type"].as_str(), msg["reason"].as_str()),
+        (Some("logout"), Some("session_expired"))
+    );
+    assert!(
+        after >= Duration::from_millis(1_900),
+        "not before the deadline: {after:?}"
+    );
+    assert!(after < Duration::from_millis(2_000) + EVENT_TIMEOUT);
+    let (_, challenge) = pkce();
+    let r = sso
+        .authorize(&browser, "web-short", None, None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"));
+}
+
+#[tokio::test]
+async fn redirect_uri_and_client_are_checked_before_any_redirect() {
+    let sso = Sso::start().await;
+    let (_, challenge) = pkce();
+    let b = Browser::default();
+    for (client, uri) in [
+        ("web", "https://evil.test/cb"),
+        ("web", "https://web.test/cb/"),
+        ("web", "https://web.test/cb?x=1"),
+        ("nobody", CB),
+        ("native", CB),
+    ] {
+        let r = sso
+            .authorize_to(&b, client, uri, None, None, &challenge, None)
+            .await;
+        assert_eq!(r.status, 400, "{client} {uri}");
+        assert!(r.location.is_none(), "never a redirect: {r:?}");
+        assert!(r.body.contains("not valid"), "{}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn pkce_is_required_and_checked() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let b = Browser::default();
+    let stt = sso.stt("native", &refresh).await;
+    let r = sso.authorize(&b, "web", Some(&stt), None, "").await;
+    assert_eq!(r.param("error"), Some("invalid_request"), "{r:?}");
+    let stt = sso.stt("native", &refresh).await;
+    let (_, challenge) = pkce();
+    let r = sso.authorize(&b, "web", Some(&stt), None, &challenge).await;
+    let code = r.param("code").unwrap();
+    let (wrong_verifier, _) = pkce();
+    let (status, v) = sso.exchange("web", code, &wrong_verifier).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("code_verifier")
+    );
+    // The code was used up by the failed attempt.
+    let (status, _) = sso.exchange("web", code, &wrong_verifier).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn the_cookie_method_works_and_the_query_method_can_be_refused() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let b = Browser::default();
+    let (verifier, challenge) = pkce();
+    let stt = sso.stt("native", &refresh).await;
+    let r = sso
+        .authorize(&b, "web-cookie-only", Some(&stt), None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("invalid_request"), "{r:?}");
+    let stt = sso.stt("native", &refresh).await;
+    let r = sso
+        .authorize(&b, "web-cookie-only", None, Some(&stt), &challenge)
+        .await;
+    let code = r.param("code").unwrap_or_else(|| panic!("{r:?}"));
+    assert!(
+        r.set_cookies
+            .iter()
+            .any(|c| c.starts_with("session_transfer_token=;") && c.contains("Max-Age=0")),
+        "the used cookie is cleared: {:?}",
+        r.set_cookies
+    );
+    assert!(
+        r.set_cookies
+            .iter()
+            .any(|c| c.starts_with("slo_hub_session=") && c.contains("HttpOnly"))
+    );
+    assert_eq!(
+        sso.exchange("web-cookie-only", code, &verifier).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn transfer_tokens_open_only_the_web_clients_allowed() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native-to-other", "alice").await;
+    let (_, challenge) = pkce();
+    let stt = sso.stt("native-to-other", &refresh).await;
+    let r = sso
+        .authorize(&Browser::default(), "web", Some(&stt), None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"), "{r:?}");
+    let stt = sso.stt("native-to-other", &refresh).await;
+    let r = sso
+        .authorize(
+            &Browser::default(),
+            "web-other",
+            Some(&stt),
+            None,
+            &challenge,
+        )
+        .await;
+    assert!(r.param("code").is_some(), "{r:?}");
+}
+
+#[tokio::test]
+async fn revoking_a_user_ends_every_session_and_answers_precisely() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut browser = Browser::default();
+        let login = sso
+            .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
+            .await;
+        sockets.push(sso.hub.socket(&login.token).await.0);
+    }
+    let v = sso.revoke(json!({"type": "user", "sub": "alice"})).await;
+    assert_eq!(v["revoked"]["web_sessions"], 2, "{v}");
+    for ws in &mut sockets {
+        assert_eq!(ws.recv_json().await["reason"], "session_revoked");
+    }
+    // Malformed revocations: precise 400s; no key: 401; a weak key: 403.
+    for (body, code) in [
+        (json!({"type": "session"}), 400),
+        (
+            json!({"type": "refresh_token", "id": "a", "token": "b"}),
+            400,
+        ),
+        (json!({"type": "everything"}), 400),
+    ] {
+        let (status, _, v) = sso.post_revocation(body.clone()).await;
+        assert_eq!(status, code, "{body}: {v}");
+    }
+    let r = sso
+        .hub
+        .http
+        .post(format!("{}/v1/revocations", sso.hub.url))
+        .bearer_auth(common::WEAK_API_KEY)
+        .json(&json!({"type": "user", "sub": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+/// Transfer-token use, sessions and revocations survive a restart.
+#[tokio::test]
+async fn the_session_graph_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let start = || {
+        let path = path.clone();
+        async move {
+            Sso {
+                hub: TestHub::with(move |c| {
+                    clients(c);
+                    c.data_dir = path;
+                })
+                .await,
+            }
+        }
+    };
+    let sso = start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let used = sso.stt("native", &refresh).await;
+    let pending = sso.stt("native", &refresh).await;
+    let mut browser = Browser::default();
+    sso.open_web(&mut browser, "web", &used).await;
+    sso.hub.shutdown().await;
+
+    let sso = start().await;
+    let (_, challenge) = pkce();
+    let r = sso
+        .authorize(&Browser::default(), "web", Some(&used), None, &challenge)
+        .await;
+    assert_eq!(
+        r.param("error"),
+        Some("login_required"),
+        "still used after restart"
+    );
+    let r = sso.authorize(&browser, "web", None, None, &challenge).await;
+    assert!(r.param("code").is_some(), "the web session survived: {r:?}");
+    let v = sso
+        .revoke(json!({"type": "refresh_token", "token": refresh}))
+        .await;
+    assert_eq!(v["revoked"]["web_sessions"], 1, "{v}");
+    assert_eq!(v["revoked"]["transfer_tokens"], 1, "the pending one: {v}");
+    sso.hub.shutdown().await;
+
+    let sso = start().await;
+    assert_eq!(
+        sso.mint("native", &refresh).await.0,
+        400,
+        "revoked after restart"
+    );
+    let r = sso
+        .authorize(&Browser::default(), "web", Some(&pending), None, &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"));
+}
