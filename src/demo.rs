@@ -1,6 +1,8 @@
 //! Dev mode's demo SPAs: app A and app B, each on its own port so the browser
-//! sees two origins, exactly like two real apps on two domains. Files are
-//! embedded; `/config.js` tells the pages where the hub is.
+//! sees two origins, exactly like two real apps on two domains, and the
+//! native-app simulator (`/demo/native-sim/` on the hub itself: a native app
+//! has no web origin of its own). Files are embedded; `config.js` tells the
+//! pages where the hub and the apps are.
 //!
 //! Must not: run outside dev mode (lib.rs starts it only when `dev.demo` is on).
 
@@ -17,6 +19,7 @@ use crate::App;
 
 const DEMO_JS: &str = include_str!("../demo-spas/shared/demo.js");
 const DEMO_CSS: &str = include_str!("../demo-spas/shared/demo.css");
+const NATIVE_SIM_HTML: &str = include_str!("../demo-spas/native-sim/index.html");
 
 /// A demo app: its name and page.
 pub struct DemoApp {
@@ -62,6 +65,34 @@ pub fn spawn(app: &Arc<App>, demo: &'static DemoApp, listener: TcpListener, hub_
             tracing::warn!(error = %e, demo = demo.name, "demo server stopped");
         }
     });
+}
+
+/// The native-app simulator, served by the hub (dev mode with demos only):
+/// it logs in as the `native-sim` client and opens app A with transfer tokens.
+pub fn native_sim(app: &App, demos: &[(&'static str, SocketAddr)]) -> Router {
+    let app_a = demos
+        .iter()
+        .find(|(n, _)| *n == "app-a")
+        .map(|(_, a)| format!("http://{a}"))
+        .unwrap_or_default();
+    let config_js = format!(
+        "window.SLO_NATIVE_SIM = {};\n",
+        serde_json::json!({
+            "clientId": "native-sim",
+            "audience": app.config.transfer.audiences.first(),
+            "appA": app_a,
+        })
+    );
+    Router::new()
+        .route("/demo/native-sim/", get(|| async { Html(NATIVE_SIM_HTML) }))
+        .route(
+            "/demo/native-sim/config.js",
+            get(move || async move { js(config_js) }),
+        )
+        .route(
+            "/demo/native-sim/demo.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], DEMO_CSS) }),
+        )
 }
 
 fn js(body: String) -> impl IntoResponse {

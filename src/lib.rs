@@ -430,7 +430,10 @@ impl Hub {
         for (demo, l) in demo_listeners {
             demo::spawn(&app, demo, l, &public_url);
         }
-        let router = http::router(app.clone());
+        let mut router = http::router(app.clone());
+        if app.config.dev.demo {
+            router = router.merge(demo::native_sim(&app, &demos));
+        }
         app.tasks
             .spawn(server::serve(app.clone(), listener, router));
         Ok(Hub { app, addr, demos })

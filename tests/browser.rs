@@ -113,3 +113,83 @@ async fn logging_out_in_app_a_logs_out_every_tab_of_app_b() {
     alice.close().await.unwrap();
     bob.close().await.unwrap();
 }
+
+/// Native-to-Web SSO in the browser: the native-app simulator mints a
+/// transfer token and opens app A with it (query parameter, then cookie);
+/// app A opens logged in without a login form, with the token gone from its
+/// address bar. Logging out of the native app (revoking its refresh token)
+/// logs app A out live through the cascade.
+#[tokio::test]
+async fn the_native_app_opens_app_a_logged_in_and_its_logout_reaches_app_a() {
+    let Some(mut chrome) = Chrome::start().await else {
+        return;
+    };
+    let hub = TestHub::with(|c| c.dev.demo = true).await;
+    let sim = format!("{}/demo/native-sim/", hub.url);
+    let a_url = hub.demo_url("app-a");
+    let b = chrome.session().await;
+    const SIM_STATE: &str = "return document.getElementById('status').dataset.state";
+
+    b.goto(&sim).await.unwrap();
+    click(&b, "[data-login=alice]").await;
+    wait_for_js(&b, SIM_STATE, json!("in"), WAIT).await;
+
+    // By query parameter, in this tab.
+    let tab_query = b.window().await.unwrap();
+    click(&b, "#open-query").await;
+    wait_for_js(&b, STATE, json!("in"), WAIT).await;
+    wait_for_js(&b, CONN, json!("connected"), WAIT).await;
+    let url = b.current_url().await.unwrap();
+    assert_eq!(
+        url.as_str(),
+        format!("{a_url}/"),
+        "token and code stripped from the address bar"
+    );
+    assert!(url.origin().ascii_serialization() == a_url);
+    let history = b.execute("return history.length", vec![]).await.unwrap();
+    let note = b
+        .execute("return document.getElementById('log').textContent", vec![])
+        .await
+        .unwrap();
+    assert!(
+        note.as_str().unwrap().contains("Native-to-Web SSO"),
+        "{note} (history {history})"
+    );
+    screenshot(&b, "native-sso-app-a-by-query").await;
+
+    // By cookie, in a second tab: the same user's session is reused.
+    let tab_cookie = b.new_window(true).await.unwrap().handle;
+    b.switch_to_window(tab_cookie.clone()).await.unwrap();
+    b.goto(&sim).await.unwrap();
+    wait_for_js(&b, SIM_STATE, json!("in"), WAIT).await;
+    click(&b, "#open-cookie").await;
+    wait_for_js(&b, CONN, json!("connected"), WAIT).await;
+    assert_eq!(b.current_url().await.unwrap().as_str(), format!("{a_url}/"));
+    let (natives, webs) = hub.app().sessions.counts();
+    assert_eq!(
+        (natives, webs),
+        (1, 1),
+        "one native session, one reused web session"
+    );
+    assert_eq!(hub.app().registry.sizes().2, 2, "two app A tabs connected");
+
+    // The native app logs out: both app A tabs are logged out live.
+    let tab_native = b.new_window(true).await.unwrap().handle;
+    b.switch_to_window(tab_native).await.unwrap();
+    b.goto(&sim).await.unwrap();
+    wait_for_js(&b, SIM_STATE, json!("in"), WAIT).await;
+    click(&b, "#logout").await;
+    wait_for_js(&b, SIM_STATE, json!("out"), WAIT).await;
+    for tab in [tab_query, tab_cookie] {
+        b.switch_to_window(tab).await.unwrap();
+        wait_for_js(&b, STATE, json!("out"), WAIT).await;
+        let note = b
+            .execute("return document.getElementById('note').textContent", vec![])
+            .await
+            .unwrap();
+        assert!(note.as_str().unwrap().contains("session_revoked"), "{note}");
+    }
+    screenshot(&b, "native-sso-app-a-logged-out").await;
+    assert_eq!(hub.app().sessions.counts(), (0, 0));
+    b.close().await.unwrap();
+}

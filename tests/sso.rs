@@ -1121,3 +1121,129 @@ async fn the_session_graph_survives_a_restart() {
         .await;
     assert_eq!(r.param("error"), Some("login_required"));
 }
+
+/// The hub never writes a token to its logs: a real hub process at debug
+/// level goes through mint, redemption by query parameter and by cookie,
+/// code exchange, refresh and revocation; none of the secrets it handed out
+/// or was handed appears in what it printed.
+#[tokio::test]
+async fn no_token_reaches_the_logs() {
+    slo_hub::auth::crypto::install();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    // With the demo apps on, app-a is a registered web client.
+    let (port_a, port_b) = (common::free_port(), common::free_port());
+    let redirect = format!("http://127.0.0.1:{port_a}/");
+    let hub = tokio::task::spawn_blocking({
+        let path = dir.path().to_path_buf();
+        let listen = listen.clone();
+        move || {
+            let env = [
+                ("RUST_LOG", "debug"),
+                ("SLO_HUB_DEV__DEMO_A_PORT", &port_a.to_string()),
+                ("SLO_HUB_DEV__DEMO_B_PORT", &port_b.to_string()),
+            ];
+            common::process::Running::start(&["--listen", &listen], &env, &path)
+        }
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{listen}");
+    let http = client_from(None);
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    let mut secrets = Vec::new();
+    let v: Value = post("/dev/native-session", json!({"sub": "alice"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = v["refresh_token"].as_str().unwrap().to_string();
+    secrets.push(refresh.clone());
+    for by_cookie in [false, true] {
+        let v: Value = post(
+            "/oauth/token",
+            json!({"grant_type": "refresh_token", "client_id": "native-sim",
+                "refresh_token": refresh, "audience": AUD}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let stt = v["access_token"].as_str().unwrap().to_string();
+        secrets.push(stt.clone());
+        let (verifier, challenge) = pkce();
+        let mut req = http.get(format!(
+            "{base}/authorize?client_id=app-a&redirect_uri={}&response_type=code&code_challenge={challenge}&code_challenge_method=S256{}",
+            urlencode(&redirect),
+            if by_cookie { String::new() } else { format!("&session_transfer_token={stt}") }
+        ));
+        if by_cookie {
+            req = req.header("cookie", format!("session_transfer_token={stt}"));
+        }
+        let r = req.send().await.unwrap();
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+            .find(|(k, _)| k == "code")
+            .unwrap_or_else(|| panic!("{location}"))
+            .1
+            .into_owned();
+        for c in r.headers().get_all("set-cookie") {
+            let v = c.to_str().unwrap().split(';').next().unwrap();
+            if let Some(value) = v.strip_prefix("slo_hub_session=").filter(|v| v.len() > 20) {
+                secrets.push(value.to_string());
+            }
+        }
+        secrets.push(code.clone());
+        let v: Value = post(
+            "/oauth/token",
+            json!({"grant_type": "authorization_code", "client_id": "app-a", "code": code,
+                "redirect_uri": redirect, "code_verifier": verifier}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        secrets.push(v["access_token"].as_str().unwrap().to_string());
+        secrets.push(v["refresh_token"].as_str().unwrap().to_string());
+    }
+    // Refused requests carrying secrets are logged too (as reasons only).
+    let r = post(
+        "/oauth/token",
+        json!({"grant_type": "refresh_token", "client_id": "native-sim",
+            "refresh_token": "rt_not-a-real-one-but-secret", "audience": AUD}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    secrets.push("rt_not-a-real-one-but-secret".into());
+    assert!(secrets.len() >= 10, "{secrets:?}");
+    let r = http
+        .post(format!("{base}/oauth/revoke"))
+        .form(&[("token", refresh.as_str()), ("client_id", "native-sim")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, logs) = tokio::task::spawn_blocking(move || hub.terminate())
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        logs.contains("DEBUG") || logs.contains("debug"),
+        "debug logging was on: {logs}"
+    );
+    for s in &secrets {
+        assert!(
+            !logs.contains(s.as_str()),
+            "a token is in the logs:\n{logs}"
+        );
+        // Nor a recognisable part of it.
+        assert!(
+            !logs.contains(&s[4..20]),
+            "part of a token is in the logs:\n{logs}"
+        );
+    }
+}

@@ -1,13 +1,87 @@
 // Demo SPA logic shared by app A and app B. The page defines window.DEMO_APP
 // ({ id, name }); /config.js (served by the hub's demo server) defines
-// window.SLO_DEMO ({ hub, wsUrl }). Tokens come from the hub's dev issuer.
+// window.SLO_DEMO ({ hub, wsUrl }). Tokens come from the hub's dev issuer, or
+// from Native-to-Web SSO: opened by the native app with a session transfer
+// token, the app signs in through the hub's /authorize (PKCE) and gets a
+// hub-signed session token.
 (function () {
   "use strict";
   var app = window.DEMO_APP;
   var cfg = window.SLO_DEMO;
   var KEY = "slo-demo-token";
+  var PKCE = "slo-demo-pkce";
   var client = null;
   var $ = function (id) { return document.getElementById(id); };
+
+  // First thing, before any other script runs or anything is logged: take
+  // the transfer token (and any code) out of the address bar and history.
+  var params = new URLSearchParams(location.search);
+  var sso = null;
+  if (params.has("session_transfer_token") || params.has("sso") || params.has("code") || params.has("error")) {
+    sso = params;
+    history.replaceState(null, "", location.pathname);
+  }
+
+  function b64url(bytes) {
+    var s = String.fromCharCode.apply(null, new Uint8Array(bytes));
+    return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  // Step 1: off to the hub's /authorize with a PKCE challenge (and the token
+  // if it came in the query; in cookie mode the browser sends the cookie).
+  function authorize(stt) {
+    var verifier = b64url(crypto.getRandomValues(new Uint8Array(32)));
+    var state = b64url(crypto.getRandomValues(new Uint8Array(16)));
+    sessionStorage.setItem(PKCE, JSON.stringify({ verifier: verifier, state: state }));
+    crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)).then(function (d) {
+      var q = new URLSearchParams({
+        client_id: app.id,
+        redirect_uri: location.origin + "/",
+        response_type: "code",
+        state: state,
+        code_challenge: b64url(d),
+        code_challenge_method: "S256",
+      });
+      if (stt) q.set("session_transfer_token", stt);
+      location.replace(cfg.hub + "/authorize?" + q.toString());
+    });
+  }
+
+  // Step 2: back with a code (or an error): exchange it for a session token.
+  function finishSso(p) {
+    var saved = {};
+    try { saved = JSON.parse(sessionStorage.getItem(PKCE)) || {}; } catch (e) { /* none */ }
+    sessionStorage.removeItem(PKCE);
+    if (p.get("state") !== saved.state) {
+      render(null, "Single sign-on refused: the state does not match.");
+      return;
+    }
+    if (p.has("error")) {
+      log("SSO: " + p.get("error") + " (" + (p.get("error_description") || "") + ")");
+      render(null, "Single sign-on refused: " + p.get("error") + ". Log in here instead.");
+      return;
+    }
+    fetch(cfg.hub + "/oauth/token", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        grant_type: "authorization_code",
+        client_id: app.id,
+        code: p.get("code"),
+        redirect_uri: location.origin + "/",
+        code_verifier: saved.verifier,
+      }),
+    })
+      .then(function (r) { return r.json(); })
+      .then(function (j) {
+        if (!j.access_token) throw new Error(j.error_description || j.error);
+        if (client) { client.close(); client = null; }
+        localStorage.setItem(KEY, j.access_token);
+        log("signed in by Native-to-Web SSO (web session " + j.session_id + ")");
+        start();
+      })
+      .catch(function (e) { log("SSO failed: " + e); render(null, "Single sign-on failed."); });
+  }
 
   function log(line) {
     var el = $("log");
@@ -116,7 +190,11 @@
 
   var script = document.createElement("script");
   script.src = cfg.hub + "/static/slo-client.js";
-  script.onload = start;
+  script.onload = function () {
+    if (!sso) start();
+    else if (sso.has("code") || sso.has("error")) finishSso(sso);
+    else authorize(sso.get("session_transfer_token"));
+  };
   script.onerror = function () { log("could not load " + script.src); };
   document.head.appendChild(script);
 })();

@@ -3,7 +3,7 @@
 //! * `logout` — `POST /v1/logout`, the trigger.
 //! * `backchannel` — `POST /v1/backchannel-logout`, OpenID Back-Channel Logout.
 //! * `caep` — `POST /v1/events`, CAEP `session-revoked` SETs (RFC 8935 push).
-//! * `oauth` — `POST /oauth/token` and `GET /authorize`: Native-to-Web SSO.
+//! * `oauth` — `POST /oauth/token`, `POST /oauth/revoke`, `GET /authorize`: Native-to-Web SSO.
 //! * `revocations` — `POST /v1/revocations`, revoking along the session graph.
 //! * `dev` — `POST /dev/token`, `POST /dev/native-session`, `GET /.well-known/jwks.json`.
 //! * `health` — `/healthz`, `/readyz`, `/metrics`.
@@ -99,6 +99,7 @@ fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
         Some("/dev/token") => "dev_token",
         Some("/oauth/token") => "oauth_token",
         Some("/authorize") => "authorize",
+        Some("/oauth/revoke") => "oauth_revoke",
         Some("/v1/revocations") => "revocations",
         Some(_) => "other",
         None => "unrouted",

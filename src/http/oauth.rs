@@ -14,6 +14,9 @@
 //!   (`sid` = the web session), plus a web refresh token if the client
 //!   allows them.
 //!
+//! `POST /oauth/revoke` (RFC 7009, public clients): a native app's logout
+//! revokes its refresh token, and the cascade rules apply.
+//!
 //! `/authorize` redeems a transfer token (cookie `session_transfer_token`
 //! or query parameter, as the client allows) into a web session; the four
 //! outcomes are `sessions::Sessions::authorize`. `redirect_uri` is checked
@@ -54,6 +57,7 @@ pub const STT_COOKIE: &str = "session_transfer_token";
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/oauth/token", post(token))
+        .route("/oauth/revoke", post(revoke))
         .route("/authorize", get(authorize))
 }
 
@@ -160,6 +164,32 @@ async fn token_inner(app: &App, peer: SocketAddr, req: Request) -> Result<Value,
         other => Err(OAuthError::UnsupportedGrantType(format!(
             "grant_type {other:?} is not supported"
         ))),
+    }
+}
+
+async fn revoke(State(app): State<Arc<App>>, req: Request) -> Response {
+    let answer = async {
+        if req.uri().query().is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "revocation requests carry their parameters in the body".into(),
+            ));
+        }
+        let headers = req.headers().clone();
+        let body = super::read_body(req, app.config.http.max_body_bytes).await?;
+        let p = parameters(&headers, &body)?;
+        let revoked = app
+            .sessions
+            .revoke_own_refresh_token(required(&p, "client_id")?, required(&p, "token")?)
+            .await?;
+        app.end_web_sessions(&revoked.web_sessions, "session_revoked", "revocation")
+            .await
+            .map_err(|e| OAuthError::TemporarilyUnavailable(format!("{e}; retry")))?;
+        Ok(())
+    };
+    match answer.await {
+        // RFC 7009 §2.2: 200 whether or not the token was known.
+        Ok(()) => no_store(StatusCode::OK.into_response()),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -362,8 +392,13 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// `Set-Cookie` for a hub cookie: HttpOnly, SameSite=Lax (a top-level
 /// navigation to `/authorize` carries it), Secure outside dev mode.
 fn set_cookie(app: &App, name: &str, value: &str, max_age: u64) -> HeaderValue {
+    cookie_at(app, "/", name, value, max_age)
+}
+
+fn cookie_at(app: &App, path: &str, name: &str, value: &str, max_age: u64) -> HeaderValue {
     let secure = if app.config.is_dev() { "" } else { "; Secure" };
-    let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+    let v =
+        format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
     // Values are base64url or empty: always a valid header.
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -503,9 +538,12 @@ async fn authorize(
         }
     };
     if by_cookie.is_some() {
-        // Used up whatever happened: do not present it again.
-        resp.headers_mut()
-            .append(header::SET_COOKIE, set_cookie(&app, STT_COOKIE, "", 0));
+        // Used up whatever happened: do not present it again (a native app
+        // may have scoped it to the hub's root or to /authorize).
+        for path in ["/", "/authorize"] {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, cookie_at(&app, path, STT_COOKIE, "", 0));
+        }
     }
     resp
 }

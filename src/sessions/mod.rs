@@ -819,6 +819,29 @@ impl Sessions {
         Ok(revoked)
     }
 
+    /// RFC 7009 for a public client: revokes `token` (a refresh token) along
+    /// the graph if it was issued to `client_id`; anything else changes
+    /// nothing and is not told apart (the answer is the same).
+    pub async fn revoke_own_refresh_token(
+        &self,
+        client_id: &str,
+        token: &str,
+    ) -> Result<Revoked, SessionError> {
+        if !self.clients.contains_key(client_id) {
+            return Err(SessionError::UnknownClient);
+        }
+        let owned = {
+            let g = self.lock();
+            g.refresh
+                .get(&digest(token))
+                .is_some_and(|r| r.client_id == client_id)
+        };
+        if !owned {
+            return Ok(Revoked::default());
+        }
+        self.revoke(&Revoke::RefreshToken(token.to_string())).await
+    }
+
     /// Marks web sessions ended by a logout that already pushed to them
     /// (a hub session token's own logout): the session `sid`, or every web
     /// session of `sub`. Native sessions stay: the user logged out of the web.
