@@ -500,7 +500,7 @@ async fn expire_web_sessions(app: Arc<App>) {
             _ = app.sessions.deadline_changed.notified() => continue,
             _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
         }
-        let ended = app.sessions.expire_due(util::now_ms()).await;
+        let ended = app.sessions.expire_due().await;
         if !ended.is_empty() {
             tracing::info!(sessions = ended.len(), "web sessions expired");
             if let Err(e) = app

@@ -295,6 +295,15 @@ impl Sso {
         }
     }
 
+    /// Alice's native app, and a browser signed in to `client` by transfer.
+    async fn alice_on(&self, client: &str) -> (String, Browser, WebLogin) {
+        let refresh = self.native_login("native", "alice").await;
+        let mut browser = Browser::default();
+        let stt = self.stt("native", &refresh).await;
+        let login = self.open_web(&mut browser, client, &stt).await;
+        (refresh, browser, login)
+    }
+
     async fn revoke(&self, body: Value) -> Value {
         let (status, _, v) = self.post_revocation(body).await;
         assert_eq!(status, 200, "{v}");
@@ -656,11 +665,7 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn nested_transfer_is_refused() {
     let sso = Sso::start().await;
-    let refresh = sso.native_login("native", "alice").await;
-    let mut browser = Browser::default();
-    let login = sso
-        .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
-        .await;
+    let (_, _, login) = sso.alice_on("web").await;
     // The web session's refresh token cannot mint...
     let web_rt = login.refresh_token.unwrap();
     let (status, v) = sso.mint("native", &web_rt).await;
@@ -724,11 +729,7 @@ async fn token_exchange_mints_and_an_upstream_logout_cascades() {
 #[tokio::test]
 async fn cascade_on_revokes_derived_web_sessions_live() {
     let sso = Sso::start().await;
-    let refresh = sso.native_login("native", "alice").await;
-    let mut browser = Browser::default();
-    let login = sso
-        .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
-        .await;
+    let (refresh, _, login) = sso.alice_on("web").await;
     let unused = sso.stt("native", &refresh).await;
     let (mut ws, _) = sso.hub.socket(&login.token).await;
     let v = sso
@@ -841,11 +842,7 @@ async fn online_refresh_tokens_end_with_their_session_and_offline_ones_do_not() 
 #[tokio::test]
 async fn web_refresh_tokens_rotate_and_reuse_revokes_the_family() {
     let sso = Sso::start().await;
-    let refresh = sso.native_login("native", "alice").await;
-    let mut browser = Browser::default();
-    let login = sso
-        .open_web(&mut browser, "web", &sso.stt("native", &refresh).await)
-        .await;
+    let (_, _, login) = sso.alice_on("web").await;
     let first = login.refresh_token.unwrap();
     let body =
         |rt: &str| json!({"grant_type": "refresh_token", "client_id": "web", "refresh_token": rt});

@@ -374,12 +374,25 @@ impl Sessions {
         n
     }
 
-    /// Writes what the last operation changed, before the caller answers.
-    async fn persist(&self, dirty: Vec<Entity>) -> Result<(), StoreError> {
+    /// Runs `op` on the graph under the lock (with the time), then writes
+    /// what it changed to the store before the caller answers.
+    async fn change<T>(&self, op: impl FnOnce(&mut Graph, i64) -> T) -> Result<T, StoreError> {
+        let (out, dirty) = {
+            let mut g = self.lock();
+            let out = op(&mut g, util::now_ms());
+            (out, std::mem::take(&mut g.dirty))
+        };
         for e in dirty {
             self.durable.put(e.record()).await?;
         }
-        Ok(())
+        Ok(out)
+    }
+
+    fn known_client(&self, client_id: &str) -> Result<Arc<ClientSettings>, SessionError> {
+        self.clients
+            .get(client_id)
+            .cloned()
+            .ok_or(SessionError::UnknownClient)
     }
 
     fn native_client(&self, client_id: &str) -> Result<&Arc<ClientSettings>, SessionError> {
@@ -405,22 +418,18 @@ impl Sessions {
         ext_sid: Option<&str>,
     ) -> Result<NativeGrant, SessionError> {
         self.native_client(client_id)?;
-        let now = util::now_ms();
-        let (grant, dirty) = {
-            let mut g = self.lock();
-            let native =
-                g.find_or_open_native(client_id, iss, sub, ext_sid, now + self.native_ttl_ms);
-            let expires = g.natives[&native].expires_ms;
-            let token = g.issue_refresh(&native, client_id, expires);
-            (
+        let grant = self
+            .change(|g, now| {
+                let expires = now + self.native_ttl_ms;
+                let native = g.find_or_open_native(client_id, iss, sub, ext_sid, expires);
+                let expires = g.natives[&native].expires_ms;
+                let token = g.issue_refresh(&native, client_id, expires);
                 NativeGrant {
                     native_session: native,
                     refresh_token: token,
-                },
-                std::mem::take(&mut g.dirty),
-            )
-        };
-        self.persist(dirty).await?;
+                }
+            })
+            .await?;
         Ok(grant)
     }
 
@@ -434,14 +443,8 @@ impl Sessions {
         ip: IpAddr,
     ) -> Result<Minted, SessionError> {
         let client = self.native_client(client_id)?.clone();
-        let now = util::now_ms();
-        let (result, dirty) = {
-            let mut g = self.lock();
-            let result = self.mint_locked(&mut g, &client, refresh_token, ip, now);
-            (result, std::mem::take(&mut g.dirty))
-        };
-        self.persist(dirty).await?;
-        result
+        self.change(|g, now| self.mint_locked(g, &client, refresh_token, ip, now))
+            .await?
     }
 
     fn mint_locked(
@@ -514,23 +517,18 @@ impl Sessions {
                 "this client may not create session transfer tokens (can_create_session_transfer_token is off)".into(),
             ));
         }
-        let now = util::now_ms();
-        let (minted, dirty) = {
-            let mut g = self.lock();
-            let native =
-                g.find_or_open_native(client_id, iss, sub, Some(ext_sid), now + self.native_ttl_ms);
-            let native = g.natives[&native].clone();
-            let transfer_token = self.issue_transfer(&mut g, &native, None, ip, now);
-            (
+        let minted = self
+            .change(|g, now| {
+                let expires = now + self.native_ttl_ms;
+                let native = g.find_or_open_native(client_id, iss, sub, Some(ext_sid), expires);
+                let native = g.natives[&native].clone();
                 Minted {
-                    transfer_token,
+                    transfer_token: self.issue_transfer(g, &native, None, ip, now),
                     expires_in: (self.transfer_ttl_ms / 1000) as u64,
                     refresh_token: None,
-                },
-                std::mem::take(&mut g.dirty),
-            )
-        };
-        self.persist(dirty).await?;
+                }
+            })
+            .await?;
         Ok(minted)
     }
 
@@ -571,13 +569,9 @@ impl Sessions {
     /// Without an STT, a live session gives a code (silent SSO). An STT is
     /// burnt by its first presentation, whatever the outcome.
     pub async fn authorize(&self, r: AuthorizeRequest<'_>) -> Result<Authorized, SessionError> {
-        let now = util::now_ms();
-        let (result, dirty) = {
-            let mut g = self.lock();
-            let result = self.authorize_locked(&mut g, &r, now);
-            (result, std::mem::take(&mut g.dirty))
-        };
-        self.persist(dirty).await?;
+        let result = self
+            .change(|g, now| self.authorize_locked(g, &r, now))
+            .await?;
         if matches!(
             result,
             Authorized::Code {
@@ -723,19 +717,9 @@ impl Sessions {
         redirect_uri: &str,
         verifier: &str,
     ) -> Result<WebGrant, SessionError> {
-        let client = self
-            .clients
-            .get(client_id)
-            .ok_or(SessionError::UnknownClient)?
-            .clone();
-        let now = util::now_ms();
-        let (result, dirty) = {
-            let mut g = self.lock();
-            let result = g.exchange_locked(&client, code, redirect_uri, verifier, now);
-            (result, std::mem::take(&mut g.dirty))
-        };
-        self.persist(dirty).await?;
-        result
+        let client = self.known_client(client_id)?;
+        self.change(|g, now| g.exchange_locked(&client, code, redirect_uri, verifier, now))
+            .await?
     }
 
     /// A web refresh token buys a new session token (and is rotated; a
@@ -745,77 +729,67 @@ impl Sessions {
         client_id: &str,
         refresh_token: &str,
     ) -> Result<WebGrant, SessionError> {
-        let client = self
-            .clients
-            .get(client_id)
-            .ok_or(SessionError::UnknownClient)?
-            .clone();
-        let now = util::now_ms();
-        let (result, dirty) = {
-            let mut g = self.lock();
-            let result = g.refresh_web_locked(&client, refresh_token, &self.clients, now);
-            (result, std::mem::take(&mut g.dirty))
-        };
-        self.persist(dirty).await?;
-        result
+        let client = self.known_client(client_id)?;
+        self.change(|g, now| g.refresh_web_locked(&client, refresh_token, &self.clients, now))
+            .await?
     }
 
     /// Revokes along the graph by the rules in the module doc.
     pub async fn revoke(&self, what: &Revoke) -> Result<Revoked, SessionError> {
-        let mut revoked = Revoked::default();
-        let dirty = {
-            let mut g = self.lock();
-            match what {
-                Revoke::RefreshToken(token_or_id) => {
-                    let d = g
-                        .refresh_by_id
-                        .get(token_or_id)
-                        .cloned()
-                        .unwrap_or_else(|| digest(token_or_id));
-                    g.revoke_refresh(&d, &self.clients, &mut revoked);
-                }
-                Revoke::Session(id) if id.starts_with("ws_") => {
-                    g.end_web(id, &self.clients, &mut revoked)
-                }
-                Revoke::Session(id) => g.revoke_native(id, &self.clients, &mut revoked),
-                Revoke::External { iss, sid } => {
-                    let ids: Vec<String> = g
-                        .natives
-                        .values()
-                        .filter(|n| &n.iss == iss && n.ext_sid.as_deref() == Some(sid.as_str()))
-                        .map(|n| n.id.clone())
-                        .collect();
-                    for id in ids {
-                        g.revoke_native(&id, &self.clients, &mut revoked);
+        let revoked = self
+            .change(|g, _| {
+                let mut revoked = Revoked::default();
+                match what {
+                    Revoke::RefreshToken(token_or_id) => {
+                        let d = g
+                            .refresh_by_id
+                            .get(token_or_id)
+                            .cloned()
+                            .unwrap_or_else(|| digest(token_or_id));
+                        g.revoke_refresh(&d, &self.clients, &mut revoked);
+                    }
+                    Revoke::Session(id) if id.starts_with("ws_") => {
+                        g.end_web(id, &self.clients, &mut revoked)
+                    }
+                    Revoke::Session(id) => g.revoke_native(id, &self.clients, &mut revoked),
+                    Revoke::External { iss, sid } => {
+                        let ids: Vec<String> = g
+                            .natives
+                            .values()
+                            .filter(|n| &n.iss == iss && n.ext_sid.as_deref() == Some(sid.as_str()))
+                            .map(|n| n.id.clone())
+                            .collect();
+                        for id in ids {
+                            g.revoke_native(&id, &self.clients, &mut revoked);
+                        }
+                    }
+                    Revoke::User { sub, iss } => {
+                        let of_user = |u_iss: &str, u_sub: &str| {
+                            u_sub == sub && iss.as_deref().is_none_or(|i| i == u_iss)
+                        };
+                        let natives: Vec<String> = g
+                            .natives
+                            .values()
+                            .filter(|n| of_user(&n.iss, &n.sub))
+                            .map(|n| n.id.clone())
+                            .collect();
+                        let webs: Vec<String> = g
+                            .webs
+                            .values()
+                            .filter(|w| of_user(&w.iss, &w.sub))
+                            .map(|w| w.id.clone())
+                            .collect();
+                        for id in natives {
+                            g.revoke_native(&id, &self.clients, &mut revoked);
+                        }
+                        for id in webs {
+                            g.end_web(&id, &self.clients, &mut revoked);
+                        }
                     }
                 }
-                Revoke::User { sub, iss } => {
-                    let of_user = |u_iss: &str, u_sub: &str| {
-                        u_sub == sub && iss.as_deref().is_none_or(|i| i == u_iss)
-                    };
-                    let natives: Vec<String> = g
-                        .natives
-                        .values()
-                        .filter(|n| of_user(&n.iss, &n.sub))
-                        .map(|n| n.id.clone())
-                        .collect();
-                    let webs: Vec<String> = g
-                        .webs
-                        .values()
-                        .filter(|w| of_user(&w.iss, &w.sub))
-                        .map(|w| w.id.clone())
-                        .collect();
-                    for id in natives {
-                        g.revoke_native(&id, &self.clients, &mut revoked);
-                    }
-                    for id in webs {
-                        g.end_web(&id, &self.clients, &mut revoked);
-                    }
-                }
-            }
-            std::mem::take(&mut g.dirty)
-        };
-        self.persist(dirty).await?;
+                revoked
+            })
+            .await?;
         Ok(revoked)
     }
 
@@ -846,26 +820,14 @@ impl Sessions {
     /// (a hub session token's own logout): the session `sid`, or every web
     /// session of `sub`. Native sessions stay: the user logged out of the web.
     pub async fn logged_out(&self, sid: Option<&str>, sub: Option<&str>) {
-        let mut revoked = Revoked::default();
-        let dirty = {
-            let mut g = self.lock();
-            let webs: Vec<String> = g
-                .webs
-                .values()
-                .filter(|w| !w.ended)
-                .filter(|w| match (sid, sub) {
-                    (Some(sid), _) => w.id == sid,
-                    (None, Some(sub)) => w.sub == sub,
-                    (None, None) => false,
-                })
-                .map(|w| w.id.clone())
-                .collect();
-            for id in webs {
-                g.end_web(&id, &self.clients, &mut revoked);
-            }
-            std::mem::take(&mut g.dirty)
-        };
-        if let Err(e) = self.persist(dirty).await {
+        let ended = self
+            .end_webs(|w, _| match (sid, sub) {
+                (Some(sid), _) => w.id == sid,
+                (None, Some(sub)) => w.sub == sub,
+                (None, None) => false,
+            })
+            .await;
+        if let Err(e) = ended {
             // The logout itself is recorded (its watermark revokes the
             // session's tokens); the graph catches up at the session's expiry.
             tracing::warn!(error = %e, "session graph: recording a logout failed");
@@ -878,25 +840,35 @@ impl Sessions {
     }
 
     /// Ends every web session past its idle or absolute deadline.
-    pub async fn expire_due(&self, now: i64) -> Vec<Ended> {
-        let mut revoked = Revoked::default();
-        let dirty = {
-            let mut g = self.lock();
-            let due: Vec<String> = g
-                .deadlines
-                .iter()
-                .take_while(|(t, _)| *t <= now)
-                .map(|(_, id)| id.clone())
+    pub async fn expire_due(&self) -> Vec<Ended> {
+        let next = self.next_deadline();
+        if next.is_none_or(|t| t > util::now_ms()) {
+            return Vec::new();
+        }
+        self.end_webs(|w, now| w.deadline() <= now)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "session graph: recording expiries failed");
+                Vec::new()
+            })
+    }
+
+    /// Ends the live web sessions `which` picks (given the time); what ended.
+    async fn end_webs(&self, which: impl Fn(&Web, i64) -> bool) -> Result<Vec<Ended>, StoreError> {
+        self.change(|g, now| {
+            let mut revoked = Revoked::default();
+            let ids: Vec<String> = g
+                .webs
+                .values()
+                .filter(|w| !w.ended && which(w, now))
+                .map(|w| w.id.clone())
                 .collect();
-            for id in due {
+            for id in ids {
                 g.end_web(&id, &self.clients, &mut revoked);
             }
-            std::mem::take(&mut g.dirty)
-        };
-        if let Err(e) = self.persist(dirty).await {
-            tracing::warn!(error = %e, "session graph: recording expiries failed");
-        }
-        revoked.web_sessions
+            revoked.web_sessions
+        })
+        .await
     }
 
     /// Forgets codes, and entities ended or expired long enough ago.
