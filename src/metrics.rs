@@ -43,6 +43,11 @@ pub struct Metrics {
     pub upgrades_rejected: Family<Labels, Counter>,
     /// Sockets closed by the hub, by close code.
     pub ws_closed: Family<Labels, Counter>,
+    /// Session transfer tokens minted.
+    pub transfer_tokens_minted: Counter,
+    /// `/authorize` answers, by outcome (`new_session`, `same_user`,
+    /// `existing_session`, `login_required`).
+    pub authorize_outcomes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,6 +76,18 @@ impl Metrics {
         let http_rejections = Family::<Labels, Counter>::default();
         let upgrades_rejected = Family::<Labels, Counter>::default();
         let ws_closed = Family::<Labels, Counter>::default();
+        let transfer_tokens_minted = Counter::default();
+        let authorize_outcomes = Family::<Labels, Counter>::default();
+        registry.register(
+            "transfer_tokens_minted",
+            "Session transfer tokens minted",
+            transfer_tokens_minted.clone(),
+        );
+        registry.register(
+            "authorize_outcomes",
+            "Answers of /authorize by outcome",
+            authorize_outcomes.clone(),
+        );
         registry.register(
             "connections",
             "Authenticated sockets registered for logout pushes",
@@ -157,6 +174,8 @@ impl Metrics {
             http_rejections,
             upgrades_rejected,
             ws_closed,
+            transfer_tokens_minted,
+            authorize_outcomes,
         }
     }
 
@@ -181,6 +200,12 @@ impl Metrics {
     pub fn logout_event(&self, source: &'static str) {
         self.logout_events
             .get_or_create(&vec![("source", source)])
+            .inc();
+    }
+
+    pub fn authorize_outcome(&self, outcome: &'static str) {
+        self.authorize_outcomes
+            .get_or_create(&vec![("outcome", outcome)])
             .inc();
     }
 

@@ -469,6 +469,13 @@ async fn a_transfer_token_is_redeemed_exactly_once_under_concurrency() {
             .count();
         assert_eq!((codes, refused), (1, 11));
     }
+    let counted = |o: &str| format!("slo_hub_authorize_outcomes_total{{outcome=\"{o}\"}}");
+    assert_eq!(sso.hub.metric(&counted("new_session")).await, 5.0);
+    assert_eq!(sso.hub.metric(&counted("login_required")).await, 55.0);
+    assert_eq!(
+        sso.hub.metric("slo_hub_transfer_tokens_minted_total").await,
+        5.0
+    );
 }
 
 #[tokio::test]

@@ -295,6 +295,7 @@ async fn transfer_answer(
     minted: Result<Minted, SessionError>,
 ) -> Result<Value, OAuthError> {
     let minted = refused_after_push(app, minted).await?;
+    app.metrics.transfer_tokens_minted.inc();
     let mut answer = json!({
         "access_token": minted.transfer_token,
         "issued_token_type": STT_TOKEN_TYPE,
@@ -505,6 +506,7 @@ async fn authorize(
             outcome,
         }) => {
             tracing::info!(client = %client.client_id, outcome, "authorize: code issued");
+            app.metrics.authorize_outcome(outcome);
             let mut params = vec![("code", code.as_str())];
             if !state.is_empty() {
                 params.push(("state", state));
@@ -524,6 +526,7 @@ async fn authorize(
             why,
         }) => {
             tracing::info!(client = %client.client_id, why, "authorize: login required");
+            app.metrics.authorize_outcome("login_required");
             if !ended.is_empty() {
                 let _ = app
                     .end_web_sessions(&ended, "session_replaced", "revocation")
