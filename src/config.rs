@@ -891,6 +891,26 @@ mod tests {
     }
 
     #[test]
+    fn asn_binding_needs_a_range_table() {
+        let mut c = Config::defaults(Mode::Production);
+        let mut web = ClientSettings::new("web", ClientKind::Web);
+        web.redirect_uris = vec!["https://web.example/cb".into()];
+        web.enforce_device_binding = DeviceBinding::Asn;
+        c.clients = vec![web];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("clients[0].enforce_device_binding"), "{e}");
+        assert!(e.contains("transfer.asn_ranges"), "{e}");
+        c.transfer.asn_ranges = vec![AsnRange {
+            cidr: "203.0.113.0/24".into(),
+            asn: 64500,
+        }];
+        c.validate().unwrap();
+        c.transfer.asn_ranges[0].cidr = "203.0.113.0/40".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("transfer.asn_ranges[0].cidr"), "{e}");
+    }
+
+    #[test]
     fn origins() {
         assert!(is_origin("https://app.example.com"));
         assert!(is_origin("http://127.0.0.1:8081"));

@@ -364,6 +364,15 @@ async fn outcome_1_valid_token_and_no_session_creates_a_web_session() {
     let again = sso.authorize(&browser, "web", None, None, &challenge).await;
     assert!(again.param("code").is_some(), "{again:?}");
     ws.assert_quiet().await;
+    // /v1/logout takes the session token like any other: the session ends.
+    let (status, v) = sso
+        .hub
+        .logout(&login.token, json!({"scope": "session"}))
+        .await;
+    assert_eq!((status, v["delivered"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(ws.recv_json().await["sid"], login.sid);
+    let r = sso.authorize(&browser, "web", None, None, &challenge).await;
+    assert_eq!(r.param("error"), Some("login_required"), "{r:?}");
 }
 
 #[tokio::test]
@@ -1250,4 +1259,42 @@ async fn no_token_reaches_the_logs() {
             "part of a token is in the logs:\n{logs}"
         );
     }
+}
+
+#[tokio::test]
+async fn asn_binding_accepts_another_address_of_the_same_network_only() {
+    let sso = Sso::with(|c| {
+        c.transfer.asn_ranges = vec![
+            slo_hub::config::AsnRange {
+                cidr: "127.0.0.0/30".into(),
+                asn: 64500,
+            },
+            slo_hub::config::AsnRange {
+                cidr: "127.0.0.4/30".into(),
+                asn: 64501,
+            },
+        ];
+        c.clients[5].enforce_device_binding = slo_hub::config::DeviceBinding::Asn;
+    })
+    .await;
+    let refresh = sso.native_login("native", "alice").await;
+    let (_, challenge) = pkce();
+    let at = |ip: &str| Browser {
+        from: Some(ip.parse().unwrap()),
+        ..Browser::default()
+    };
+    let stt = sso.stt("native", &refresh).await;
+    let r = sso
+        .authorize(&at("127.0.0.5"), "web", Some(&stt), None, &challenge)
+        .await;
+    assert_eq!(
+        r.param("error"),
+        Some("login_required"),
+        "another ASN: {r:?}"
+    );
+    let stt = sso.stt("native", &refresh).await;
+    let r = sso
+        .authorize(&at("127.0.0.2"), "web", Some(&stt), None, &challenge)
+        .await;
+    assert!(r.param("code").is_some(), "same ASN: {r:?}");
 }
