@@ -145,15 +145,13 @@ async fn the_native_app_opens_app_a_logged_in_and_its_logout_reaches_app_a() {
         format!("{a_url}/"),
         "token and code stripped from the address bar"
     );
-    assert!(url.origin().ascii_serialization() == a_url);
-    let history = b.execute("return history.length", vec![]).await.unwrap();
     let note = b
         .execute("return document.getElementById('log').textContent", vec![])
         .await
         .unwrap();
     assert!(
         note.as_str().unwrap().contains("Native-to-Web SSO"),
-        "{note} (history {history})"
+        "{note}"
     );
     screenshot(&b, "native-sso-app-a-by-query").await;
 

@@ -117,7 +117,7 @@ async fn token(
 }
 
 async fn token_inner(app: &App, peer: SocketAddr, req: Request) -> Result<Value, OAuthError> {
-    if crate::ws::query_has_credentials(req.uri().query()) || req.uri().query().is_some() {
+    if req.uri().query().is_some() {
         return Err(OAuthError::InvalidRequest(
             "token requests carry their parameters in the body, never in the URL".into(),
         ));

@@ -91,15 +91,6 @@ pub struct Revoked {
     pub transfer_tokens: usize,
 }
 
-impl Revoked {
-    pub fn is_empty(&self) -> bool {
-        self.web_sessions.is_empty()
-            && self.native_sessions.is_empty()
-            && self.refresh_tokens.is_empty()
-            && self.transfer_tokens == 0
-    }
-}
-
 /// What `POST /v1/revocations` names.
 #[derive(Clone, Debug)]
 pub enum Revoke {
