@@ -81,6 +81,32 @@ pub struct Config {
     pub transfer: TransferSettings,
     /// OAuth clients of Native-to-Web SSO (`[[clients]]`).
     pub clients: Vec<ClientSettings>,
+    /// Telling client apps about logouts: back-channel logout tokens the hub
+    /// sends to their backends, and the front-channel logout page.
+    pub notify: NotifySettings,
+}
+
+/// Delivery of the hub's own back-channel logout tokens (OpenID Back-Channel
+/// Logout 1.0) to each client's `backchannel_logout_uri`, when the hub ends
+/// one of its web sessions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    /// Notifications waiting or in flight at most; beyond, new ones are
+    /// dropped (counted, logged) rather than growing memory without bound.
+    pub queue_size: usize,
+    /// Requests in flight at once, over all backends.
+    pub concurrency: usize,
+    /// Attempts per notification (the first included).
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled each retry up to `max_retry_ms`.
+    pub first_retry_ms: u64,
+    pub max_retry_ms: u64,
+    /// One request's deadline (connect, send, answer).
+    pub request_timeout_ms: u64,
+    /// How long `/v1/logout/frontchannel` waits for the apps' acknowledgements
+    /// before it moves on (to `returnTo`, if given).
+    pub frontchannel_timeout_ms: u64,
 }
 
 /// Session transfer tokens (STT) and the hub's session tokens.
@@ -181,6 +207,20 @@ pub struct ClientSettings {
     pub session_lifetime_secs: u64,
     #[serde(default = "default_session_idle")]
     pub session_idle_secs: u64,
+    /// Web: the app backend's OpenID back-channel logout endpoint. When the
+    /// hub ends one of this client's web sessions it POSTs a logout token
+    /// there (see `[notify]`).
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
+    /// Web: a page of the app that clears its session and answers the hub's
+    /// front-channel logout page with a `postMessage` (see
+    /// `/v1/logout/frontchannel`).
+    #[serde(default)]
+    pub frontchannel_logout_uri: Option<String>,
+    /// Web: where `/v1/logout/frontchannel?returnTo=` may send the browser
+    /// afterwards (exact match).
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -214,6 +254,9 @@ impl ClientSettings {
             enforce_online_refresh_tokens: true,
             session_lifetime_secs: default_session_lifetime(),
             session_idle_secs: default_session_idle(),
+            backchannel_logout_uri: None,
+            frontchannel_logout_uri: None,
+            post_logout_redirect_uris: Vec::new(),
         }
     }
 }
@@ -443,6 +486,15 @@ impl Config {
                 asn_ranges: Vec::new(),
             },
             clients: Vec::new(),
+            notify: NotifySettings {
+                queue_size: 10_000,
+                concurrency: 16,
+                max_attempts: 6,
+                first_retry_ms: 1_000,
+                max_retry_ms: 60_000,
+                request_timeout_ms: 5_000,
+                frontchannel_timeout_ms: 5_000,
+            },
         }
     }
 
@@ -618,6 +670,29 @@ impl Config {
             0,
             60_000,
         )?;
+        let n = &self.notify;
+        range("notify.queue_size", n.queue_size as u64, 1, 10_000_000)?;
+        range("notify.concurrency", n.concurrency as u64, 1, 10_000)?;
+        range("notify.max_attempts", n.max_attempts as u64, 1, 100)?;
+        range("notify.first_retry_ms", n.first_retry_ms, 1, 3_600_000)?;
+        range(
+            "notify.max_retry_ms",
+            n.max_retry_ms,
+            n.first_retry_ms,
+            24 * 3_600_000,
+        )?;
+        range(
+            "notify.request_timeout_ms",
+            n.request_timeout_ms,
+            10,
+            300_000,
+        )?;
+        range(
+            "notify.frontchannel_timeout_ms",
+            n.frontchannel_timeout_ms,
+            100,
+            60_000,
+        )?;
         for (i, origin) in ws
             .allowed_origins
             .iter()
@@ -767,12 +842,31 @@ impl Config {
                     format!("{:?} is registered twice", c.client_id),
                 ));
             }
-            for (j, uri) in c.redirect_uris.iter().enumerate() {
-                let ok = (uri.starts_with("https://") || uri.starts_with("http://"))
-                    && !uri.contains('#');
-                if !ok {
+            let uris = c
+                .redirect_uris
+                .iter()
+                .enumerate()
+                .map(|(j, u)| (format!("redirect_uris[{j}]"), u))
+                .chain(
+                    c.post_logout_redirect_uris
+                        .iter()
+                        .enumerate()
+                        .map(|(j, u)| (format!("post_logout_redirect_uris[{j}]"), u)),
+                )
+                .chain(
+                    c.backchannel_logout_uri
+                        .iter()
+                        .map(|u| ("backchannel_logout_uri".to_string(), u)),
+                )
+                .chain(
+                    c.frontchannel_logout_uri
+                        .iter()
+                        .map(|u| ("frontchannel_logout_uri".to_string(), u)),
+                );
+            for (k, uri) in uris {
+                if !is_http_url(uri) {
                     return Err(invalid(
-                        format!("clients[{i}].redirect_uris[{j}]"),
+                        key(&k),
                         "must be an absolute http(s) URL without a fragment",
                     ));
                 }
@@ -834,6 +928,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn is_http_url(uri: &str) -> bool {
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) && !uri.contains('#')
 }
 
 fn range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {

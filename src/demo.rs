@@ -20,6 +20,9 @@ use crate::App;
 const DEMO_JS: &str = include_str!("../demo-spas/shared/demo.js");
 const DEMO_CSS: &str = include_str!("../demo-spas/shared/demo.css");
 const NATIVE_SIM_HTML: &str = include_str!("../demo-spas/native-sim/index.html");
+const FRONTCHANNEL_LOGOUT_HTML: &str = include_str!("../demo-spas/shared/frontchannel-logout.html");
+/// Where each demo app answers the hub's front-channel logout page.
+pub const FRONTCHANNEL_LOGOUT_PATH: &str = "/frontchannel-logout";
 
 /// A demo app: its name and page.
 pub struct DemoApp {
@@ -52,7 +55,11 @@ pub fn spawn(app: &Arc<App>, demo: &'static DemoApp, listener: TcpListener, hub_
             "/demo.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], DEMO_CSS) }),
         )
-        .route("/config.js", get(move || async move { js(config_js) }));
+        .route("/config.js", get(move || async move { js(config_js) }))
+        .route(
+            FRONTCHANNEL_LOGOUT_PATH,
+            get(|| async { Html(FRONTCHANNEL_LOGOUT_HTML) }),
+        );
     let shutdown = app.shutdown.clone();
     app.tasks.spawn(async move {
         let served = axum::serve(

@@ -25,6 +25,8 @@
 //!   sessions, refresh tokens) and the rules that revoke along it.
 //! * [`revocation`] — a logout becomes a watermark, then a push.
 //! * [`registry`] — who is connected, by user and by session.
+//! * [`notify`] — back-channel logout tokens to app backends when the hub
+//!   ends one of its own web sessions.
 //! * [`store`] — watermarks (what must outlive a socket).
 //! * [`error`] — every status and close code, mapped in one place.
 //! * [`metrics`] — Prometheus counters.
@@ -38,6 +40,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod revocation;
 pub mod server;
@@ -99,9 +102,12 @@ pub struct App {
     pub cluster: Option<Arc<cluster::Cluster>>,
     /// Native-to-Web SSO: clients, transfer tokens, web sessions.
     pub sessions: Sessions,
-    /// Signs the session tokens of transfer-created web sessions.
-    pub session_signer: Signer,
+    /// Signs the session tokens of transfer-created web sessions (and the
+    /// back-channel logout tokens about them).
+    pub session_signer: Arc<Signer>,
     pub session_issuer_id: IssuerId,
+    /// Tells client backends which web sessions the hub ended.
+    pub notifier: notify::Notifier,
     next_conn: AtomicU64,
 }
 
@@ -158,7 +164,8 @@ impl App {
                 Target::Session(k) => (Some(&*k.sid), None),
                 Target::User(k) => (None, Some(&*k.sub)),
             };
-            self.sessions.logged_out(sid, sub).await;
+            let ended = self.sessions.logged_out(sid, sub).await;
+            self.notifier.sessions_ended(&ended);
             return Ok(());
         }
         let iss = self.auth.issuer_name(iss).to_string();
@@ -181,8 +188,9 @@ impl App {
     }
 
     /// Pushes the logout of web sessions the session graph ended (revoked,
-    /// cascaded, expired), each through the one logout path. Returns the
-    /// first failure to record one; every session is still attempted.
+    /// cascaded, expired), each through the one logout path, and queues the
+    /// back-channel logout tokens for their backends. Returns the first
+    /// failure to record one; every session is still attempted.
     pub async fn end_web_sessions(
         &self,
         ended: &[Ended],
@@ -205,6 +213,7 @@ impl App {
                 first_error.get_or_insert(err);
             }
         }
+        self.notifier.sessions_ended(ended);
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -302,12 +311,12 @@ impl Hub {
             dev_issuer = Some(dev);
         }
         let clients = sso_clients(&config, &demos);
-        let session_signer = Signer::load_or_create(
+        let session_signer = Arc::new(Signer::load_or_create(
             &config.data_dir,
             "hub-session.ed25519.pk8",
             "session",
             public_url.clone(),
-        )?;
+        )?);
         let session_issuer_id = IssuerId(issuers.len() as u16);
         let mut session_audiences: Vec<String> = clients
             .iter()
@@ -398,6 +407,17 @@ impl Hub {
             config.limits.user_triggers_per_sec,
             config.limits.user_trigger_burst,
         );
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let notifier = notify::Notifier::new(
+            &config.notify,
+            &clients,
+            session_signer.clone(),
+            metrics.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|e| StartError::Auth(e.to_string()))?;
         let app = Arc::new(App {
             auth,
             registry,
@@ -409,13 +429,14 @@ impl Hub {
             dev_issuer_id,
             allowed_origins,
             cors_origins,
-            tasks: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            tasks,
+            shutdown,
             dev_api_key_file,
             cluster: cluster.clone(),
             sessions,
             session_signer,
             session_issuer_id,
+            notifier,
             next_conn: AtomicU64::new(1),
             config,
         });
@@ -514,7 +535,8 @@ async fn expire_web_sessions(app: Arc<App>) {
 }
 
 /// The registered clients; in dev mode with none configured, the demo's:
-/// `native-sim` (mints transfer tokens) and the demo apps as web clients.
+/// `native-sim` (mints transfer tokens) and the demo apps as web clients
+/// (with their front-channel logout pages and post-logout addresses).
 fn sso_clients(
     config: &Config,
     demos: &[(&'static str, SocketAddr)],
@@ -531,8 +553,12 @@ fn sso_clients(
         for host in [addr.ip().to_string(), "localhost".into()] {
             let origin = format!("http://{host}:{}", addr.port());
             web.redirect_uris.push(format!("{origin}/"));
+            web.post_logout_redirect_uris.push(format!("{origin}/"));
             web.allowed_origins.push(origin);
         }
+        // The address the hub prints, so the iframe shares the app's storage.
+        web.frontchannel_logout_uri =
+            Some(format!("http://{addr}{}", demo::FRONTCHANNEL_LOGOUT_PATH));
         web.allow_refresh_token = true;
         clients.push(web);
     }

@@ -48,6 +48,11 @@ pub struct Metrics {
     /// `/authorize` answers, by outcome (`new_session`, `same_user`,
     /// `existing_session`, `login_required`).
     pub authorize_outcomes: Family<Labels, Counter>,
+    /// Back-channel logout tokens the hub sent, by final outcome
+    /// (`delivered`, `refused`, `failed`, `dropped`, `abandoned`).
+    pub backchannel_sent: Family<Labels, Counter>,
+    /// Back-channel logout attempts that failed and were retried.
+    pub backchannel_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -78,6 +83,18 @@ impl Metrics {
         let ws_closed = Family::<Labels, Counter>::default();
         let transfer_tokens_minted = Counter::default();
         let authorize_outcomes = Family::<Labels, Counter>::default();
+        let backchannel_sent = Family::<Labels, Counter>::default();
+        let backchannel_retries = Counter::default();
+        registry.register(
+            "backchannel_notifications",
+            "Back-channel logout tokens sent to client backends, by final outcome",
+            backchannel_sent.clone(),
+        );
+        registry.register(
+            "backchannel_retries",
+            "Back-channel logout attempts that failed and were retried",
+            backchannel_retries.clone(),
+        );
         registry.register(
             "transfer_tokens_minted",
             "Session transfer tokens minted",
@@ -176,6 +193,8 @@ impl Metrics {
             ws_closed,
             transfer_tokens_minted,
             authorize_outcomes,
+            backchannel_sent,
+            backchannel_retries,
         }
     }
 
@@ -205,6 +224,12 @@ impl Metrics {
 
     pub fn authorize_outcome(&self, outcome: &'static str) {
         self.authorize_outcomes
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn backchannel_sent(&self, outcome: &'static str) {
+        self.backchannel_sent
             .get_or_create(&vec![("outcome", outcome)])
             .inc();
     }

@@ -180,6 +180,22 @@
       .catch(function (e) { log("logout failed: " + e); });
   }
 
+  // The front-channel logout page's iframe of this app removed the token
+  // and left this mark (a logout pushed by the hub reaches each tab itself).
+  window.addEventListener("storage", function (e) {
+    if (e.key !== "slo-demo-frontchannel-logout" || !e.newValue) return;
+    if (client) client.close();
+    client = null;
+    log("front-channel logout");
+    render(null, "Logged out by the front-channel logout page.");
+  });
+
+  // The hub's common logout page: every app, even without an open socket.
+  $("frontchannel").addEventListener("click", function () {
+    location.assign(cfg.hub + "/v1/logout/frontchannel?returnTo=" +
+      encodeURIComponent(location.origin + "/"));
+  });
+
   document.title = app.name + " — slo-hub demo";
   $("app-name").textContent = app.name;
   $("origin").textContent = location.origin;

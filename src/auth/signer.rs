@@ -108,10 +108,16 @@ impl Signer {
         }
     }
 
-    /// Signs `claims` (EdDSA, with this key's `kid`).
+    /// Signs `claims` (EdDSA, with this key's `kid`, `typ: JWT`).
     pub fn sign(&self, claims: &Value) -> String {
+        self.sign_typed(claims, "JWT")
+    }
+
+    /// Signs `claims` with an explicit `typ` (e.g. `logout+jwt`, RFC 8725 §3.11).
+    pub fn sign_typed(&self, claims: &Value, typ: &str) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
+        header.typ = Some(typ.to_string());
         // Signing JSON with a key we parsed at start cannot fail.
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("Ed25519 signing failed")
     }

@@ -5,6 +5,7 @@
 //! * `caep` — `POST /v1/events`, CAEP `session-revoked` SETs (RFC 8935 push).
 //! * `oauth` — `POST /oauth/token`, `POST /oauth/revoke`, `GET /authorize`: Native-to-Web SSO.
 //! * `revocations` — `POST /v1/revocations`, revoking along the session graph.
+//! * `frontchannel` — `GET /v1/logout/frontchannel`, the common logout page.
 //! * `dev` — `POST /dev/token`, `POST /dev/native-session`, `GET /.well-known/jwks.json`.
 //! * `health` — `/healthz`, `/readyz`, `/metrics`.
 //! * `assets` — the JS client library and the pages the hub serves.
@@ -21,6 +22,7 @@ pub mod assets;
 pub mod backchannel;
 pub mod caep;
 pub mod dev;
+pub mod frontchannel;
 pub mod health;
 pub mod logout;
 pub mod oauth;
@@ -32,7 +34,7 @@ use axum::Router;
 use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -53,6 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
         .merge(api)
+        .merge(frontchannel::router())
         .merge(health::router())
         .merge(assets::router())
         .fallback(|| async { ApiError::NotFound })
@@ -101,6 +104,7 @@ fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
         Some("/authorize") => "authorize",
         Some("/oauth/revoke") => "oauth_revoke",
         Some("/v1/revocations") => "revocations",
+        Some("/v1/logout/frontchannel") => "frontchannel_logout",
         Some(_) => "other",
         None => "unrouted",
     }
@@ -162,4 +166,42 @@ pub fn authorization(req_headers: &axum::http::HeaderMap) -> Option<&str> {
     req_headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+}
+
+/// A 400 HTML page for a browser that followed a bad link (no redirect to
+/// an unregistered address is ever made instead).
+pub fn error_page(heading: &str, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>slo-hub: invalid request</title>\
+         <h1>{}</h1><p>{}</p>",
+        html_escape(heading),
+        html_escape(message)
+    );
+    let mut resp = (
+        axum::http::StatusCode::BAD_REQUEST,
+        axum::response::Html(body),
+    )
+        .into_response();
+    resp.extensions_mut()
+        .insert(crate::error::ErrorCode("invalid_request"));
+    no_store(resp)
+}
+
+pub fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Pages the hub serves to browsers are never cached, and never send their
+/// URL (which may hold a transfer token) on as `Referer`.
+pub fn no_store(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }

@@ -31,11 +31,12 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::no_store;
 use crate::App;
 use crate::error::OAuthError;
 use crate::registry::{SessionKey, UserKey};
@@ -350,33 +351,7 @@ async fn session_token_answer(app: &App, g: WebGrant) -> Value {
 /// An error page for requests that cannot be redirected (bad client or
 /// `redirect_uri`): redirecting would hand the browser to an unchecked URL.
 fn error_page(message: &str) -> Response {
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>slo-hub: invalid request</title>\
-         <h1>This sign-in link is not valid</h1><p>{}</p>",
-        html_escape(message)
-    );
-    let mut resp = (StatusCode::BAD_REQUEST, Html(body)).into_response();
-    resp.extensions_mut()
-        .insert(crate::error::ErrorCode("invalid_request"));
-    no_store(resp)
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn no_store(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // The page's URL may hold a transfer token: never send it on as Referer.
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    resp
+    super::error_page("This sign-in link is not valid", message)
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

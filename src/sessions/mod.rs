@@ -80,6 +80,8 @@ pub enum SessionError {
 pub struct Ended {
     pub sid: String,
     pub sub: String,
+    /// The web client the session belongs to (whose backend may be told).
+    pub client_id: String,
 }
 
 /// What a revocation ended.
@@ -341,6 +343,13 @@ impl Sessions {
 
     pub fn client(&self, client_id: &str) -> Option<&Arc<ClientSettings>> {
         self.clients.get(client_id)
+    }
+
+    /// Every registered client, by `client_id`.
+    pub fn clients(&self) -> Vec<&Arc<ClientSettings>> {
+        let mut all: Vec<_> = self.clients.values().collect();
+        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all
     }
 
     /// Whether `audience` asks for a session transfer token.
@@ -810,7 +819,8 @@ impl Sessions {
     /// Marks web sessions ended by a logout that already pushed to them
     /// (a hub session token's own logout): the session `sid`, or every web
     /// session of `sub`. Native sessions stay: the user logged out of the web.
-    pub async fn logged_out(&self, sid: Option<&str>, sub: Option<&str>) {
+    /// Returns the sessions it ended (their backends may be told).
+    pub async fn logged_out(&self, sid: Option<&str>, sub: Option<&str>) -> Vec<Ended> {
         let ended = self
             .end_webs(|w, _| match (sid, sub) {
                 (Some(sid), _) => w.id == sid,
@@ -818,11 +828,12 @@ impl Sessions {
                 (None, None) => false,
             })
             .await;
-        if let Err(e) = ended {
+        ended.unwrap_or_else(|e| {
             // The logout itself is recorded (its watermark revokes the
             // session's tokens); the graph catches up at the session's expiry.
             tracing::warn!(error = %e, "session graph: recording a logout failed");
-        }
+            Vec::new()
+        })
     }
 
     /// When the next web session expires (ms), if any is live.
@@ -1250,6 +1261,7 @@ impl Graph {
             revoked.web_sessions.push(Ended {
                 sid: w.id.clone(),
                 sub: w.sub.clone(),
+                client_id: w.client_id.clone(),
             });
             self.dirty.push(Entity::Web(w));
         }

@@ -3,6 +3,8 @@
 //! implementation), and helpers to mint tokens.
 #![allow(dead_code)]
 
+pub mod sso;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
