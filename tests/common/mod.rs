@@ -495,6 +495,22 @@ pub fn require_program(name: &str, candidates: &[&str]) -> Option<PathBuf> {
     found
 }
 
+/// `tests/node` with its npm packages installed (`npm ci --prefix
+/// tests/node`, which `.ci/run` does). Missing: a loud skip, or a failure
+/// under `SLO_HUB_REQUIRE_ALL=1`.
+pub fn require_node_packages() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    if dir.join("node_modules/.package-lock.json").is_file() {
+        return Some(dir);
+    }
+    let msg = "the npm packages of tests/node are not installed: this test needs them (npm ci --prefix tests/node)";
+    if std::env::var("SLO_HUB_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{msg}; SLO_HUB_REQUIRE_ALL=1 makes that a failure");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+    None
+}
+
 /// A free loopback port (for programs that cannot be given port 0).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
