@@ -84,6 +84,42 @@ pub struct Config {
     /// Telling client apps about logouts: back-channel logout tokens the hub
     /// sends to their backends, and the front-channel logout page.
     pub notify: NotifySettings,
+    /// Pusher protocol v7 apps (`[[pusher_apps]]`): `/app/{key}` and `/apps/{id}/...`.
+    pub pusher_apps: Vec<PusherAppSettings>,
+}
+
+/// One Pusher-compatible app: credentials as Pusher issues them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherAppSettings {
+    /// `app_id` of the HTTP API (`/apps/{id}/...`).
+    pub id: String,
+    /// Public key of the socket URL (`/app/{key}`) and of signed requests.
+    pub key: String,
+    /// Signs channel authorisations, user sign-ins and API requests (HMAC-SHA256).
+    pub secret: String,
+    /// Let clients send `client-*` events on private and presence channels.
+    #[serde(default)]
+    pub enable_client_messages: bool,
+    /// Largest event `data` accepted (Pusher's default: 10 KB).
+    #[serde(default = "default_pusher_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Seconds of silence after which a client should ping (told in
+    /// `connection_established`); a socket silent for twice that is closed 4201.
+    #[serde(default = "default_pusher_activity")]
+    pub activity_timeout_secs: u64,
+    /// Bridge with slo-hub's logout: user ids signed in on this app are `sub`s
+    /// of this issuer, so a logout of that user by any slo-hub path reaches
+    /// their Pusher sockets (`slo-event` on `#server-to-user-{id}`, then 4009).
+    #[serde(default)]
+    pub logout_issuer: Option<String>,
+}
+
+fn default_pusher_event_bytes() -> usize {
+    10 * 1024
+}
+fn default_pusher_activity() -> u64 {
+    120
 }
 
 /// Delivery of the hub's own back-channel logout tokens (OpenID Back-Channel
@@ -495,6 +531,7 @@ impl Config {
                 request_timeout_ms: 5_000,
                 frontchannel_timeout_ms: 5_000,
             },
+            pusher_apps: Vec::new(),
         }
     }
 
@@ -693,6 +730,7 @@ impl Config {
             100,
             60_000,
         )?;
+        self.validate_pusher()?;
         for (i, origin) in ws
             .allowed_origins
             .iter()
@@ -796,6 +834,41 @@ impl Config {
             }
         }
         self.validate_transfer()
+    }
+
+    fn validate_pusher(&self) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::new();
+        for (i, a) in self.pusher_apps.iter().enumerate() {
+            let key = |k: &str| format!("pusher_apps[{i}].{k}");
+            for (name, v) in [("id", &a.id), ("key", &a.key)] {
+                let ok = !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !ok {
+                    return Err(invalid(key(name), "must be 1 to 64 of A-Z a-z 0-9 - _ ."));
+                }
+                if !seen.insert((name, v.as_str())) {
+                    return Err(invalid(key(name), format!("{v:?} is used by two apps")));
+                }
+            }
+            if a.secret.len() < 16 {
+                return Err(invalid(key("secret"), "must be at least 16 characters"));
+            }
+            range(
+                &key("max_event_bytes"),
+                a.max_event_bytes as u64,
+                1,
+                1 << 20,
+            )?;
+            range(
+                &key("activity_timeout_secs"),
+                a.activity_timeout_secs,
+                1,
+                3600,
+            )?;
+        }
+        Ok(())
     }
 
     fn validate_transfer(&self) -> Result<(), ConfigError> {

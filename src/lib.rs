@@ -27,6 +27,7 @@
 //! * [`registry`] — who is connected, by user and by session.
 //! * [`notify`] — back-channel logout tokens to app backends when the hub
 //!   ends one of its own web sessions.
+//! * [`pusher`] — Pusher protocol v7 and HTTP API, bridged with the logout.
 //! * [`store`] — watermarks (what must outlive a socket).
 //! * [`error`] — every status and close code, mapped in one place.
 //! * [`metrics`] — Prometheus counters.
@@ -41,6 +42,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod pusher;
 pub mod registry;
 pub mod revocation;
 pub mod server;
@@ -108,6 +110,8 @@ pub struct App {
     pub session_issuer_id: IssuerId,
     /// Tells client backends which web sessions the hub ended.
     pub notifier: notify::Notifier,
+    /// Pusher-protocol apps, channels and users.
+    pub pusher: pusher::Pusher,
     next_conn: AtomicU64,
 }
 
@@ -126,7 +130,9 @@ impl App {
         order: LogoutOrder,
     ) -> Result<revocation::LogoutOutcome, store::StoreError> {
         let target = order.target.clone();
+        let reason = order.reason.clone();
         let outcome = self.revocation.logout(order).await?;
+        self.bridge_to_pusher(&target, &reason);
         self.follow_logout(&target).await?;
         Ok(outcome)
     }
@@ -141,14 +147,25 @@ impl App {
         order: LogoutOrder,
     ) -> Result<bool, store::StoreError> {
         let target = order.target.clone();
+        let reason = order.reason.clone();
         let first = self
             .revocation
             .logout_once(iss, jti, expires_at_ms, order)
             .await?;
         if first {
+            self.bridge_to_pusher(&target, &reason);
             self.follow_logout(&target).await?;
         }
         Ok(first)
+    }
+
+    /// A user's logout also reaches their signed-in Pusher sockets (apps
+    /// whose `logout_issuer` is the user's issuer).
+    pub fn bridge_to_pusher(&self, target: &registry::Target, reason: &str) {
+        if let registry::Target::User(k) = target {
+            let iss = self.auth.issuer_name(k.iss);
+            self.pusher.user_logged_out(iss, &k.sub, reason);
+        }
     }
 
     async fn follow_logout(&self, target: &registry::Target) -> Result<(), store::StoreError> {
@@ -437,6 +454,7 @@ impl Hub {
             session_signer,
             session_issuer_id,
             notifier,
+            pusher: pusher::Pusher::new(&config.pusher_apps),
             next_conn: AtomicU64::new(1),
             config,
         });

@@ -9,7 +9,8 @@
 //! * `dev` — `POST /dev/token`, `POST /dev/native-session`, `GET /.well-known/jwks.json`.
 //! * `health` — `/healthz`, `/readyz`, `/metrics`.
 //! * `assets` — the JS client library and the pages the hub serves.
-//! * `/v1/ws` is routed to `ws::upgrade`.
+//! * `/v1/ws` is routed to `ws::upgrade`; `/app/{key}` and `/apps/{id}/...`
+//!   to `pusher` (Pusher protocol v7 and HTTP API).
 //!
 //! Cross-cutting rules live here: [`ApiJson`] gives malformed, oversized and
 //! mistyped bodies our error format (400 / 413 / 415), and one middleware
@@ -54,6 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(cors);
     Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
+        .merge(crate::pusher::router())
         .merge(api)
         .merge(frontchannel::router())
         .merge(health::router())
@@ -105,6 +107,8 @@ fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
         Some("/oauth/revoke") => "oauth_revoke",
         Some("/v1/revocations") => "revocations",
         Some("/v1/logout/frontchannel") => "frontchannel_logout",
+        Some("/app/{key}") => "pusher_ws",
+        Some(p) if p.starts_with("/apps/") => "pusher_api",
         Some(_) => "other",
         None => "unrouted",
     }

@@ -124,6 +124,7 @@ async fn revoke(
     };
     let mut logged_out = 0;
     if let Some(target) = direct {
+        app.bridge_to_pusher(&target, "session_revoked");
         let outcome = app
             .revocation
             .logout(LogoutOrder {

@@ -55,7 +55,7 @@ fn refuse(app: &App, reason: &'static str, err: ApiError) -> Response {
     err.into_response()
 }
 
-pub async fn upgrade(State(app): State<Arc<App>>, mut req: Request) -> Response {
+pub async fn upgrade(State(app): State<Arc<App>>, req: Request) -> Response {
     if query_has_credentials(req.uri().query()) {
         app.metrics
             .auth_failure("ws", AuthError::CredentialsInUrl.reason());
@@ -65,9 +65,21 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut req: Request) -> Response 
             AuthError::CredentialsInUrl.into(),
         );
     }
-    if let Err(reason) = check_origin(&app, req.headers()) {
+    accept(&app, req, socket::run)
+}
+
+/// The HTTP side of every WebSocket endpoint (`/v1/ws`, Pusher's
+/// `/app/{key}`): the `Origin` allow-list and the RFC 6455 handshake are
+/// checked before the 101; then `run` gets the upgraded stream (and bytes
+/// the client sent behind the handshake) in a task the hub owns.
+pub fn accept<F, Fut>(app: &Arc<App>, mut req: Request, run: F) -> Response
+where
+    F: FnOnce(Arc<App>, TcpStream, Bytes) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if let Err(reason) = check_origin(app, req.headers()) {
         return refuse(
-            &app,
+            app,
             reason,
             ApiError::Forbidden("this origin may not open a socket to the hub".into()),
         );
@@ -88,7 +100,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut req: Request) -> Response 
         }
         Err(Handshake::Invalid(msg)) => {
             return refuse(
-                &app,
+                app,
                 "bad_handshake",
                 ApiError::bad_request("bad_handshake", msg),
             );
@@ -107,7 +119,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut req: Request) -> Response 
         let Some((stream, early)) = upgraded_stream(on_upgrade).await else {
             return;
         };
-        socket::run(task_app, stream, early).await;
+        run(task_app, stream, early).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -1,0 +1,458 @@
+//! One Pusher socket after the upgrade: `pusher:connection_established`,
+//! then subscribe / unsubscribe / sign-in / ping / client events until the
+//! socket ends; on the way out it leaves every channel (presence members
+//! are told) and its user.
+//!
+//! Must not: block on another socket (publishers use the outbox), or keep a
+//! channel or user entry after it ends.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::channels::PConn;
+use super::protocol::{self, ChannelKind, PusherCode};
+use crate::App;
+use crate::config::PusherAppSettings;
+use crate::ws::codec::{self, Decoder, Flow, Message, Role};
+
+/// Frames a socket may have queued before it is cut off (4100).
+const OUTBOX_FRAMES: usize = 1024;
+const READ_CHUNK: usize = 4096;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Client events per second a socket may send (Pusher's limit).
+const CLIENT_EVENTS_PER_SEC: f32 = 10.0;
+
+/// How the socket ends.
+enum End {
+    Close(u16, &'static str),
+    PeerClosed(Option<u16>),
+    Gone,
+}
+
+/// A socket's own state.
+struct Session<'a> {
+    app: &'a App,
+    settings: &'a PusherAppSettings,
+    conn: Arc<PConn>,
+    /// Channel → the presence user id it joined as (None: not presence).
+    subscribed: HashMap<Box<str>, Option<Box<str>>>,
+    user: Option<Box<str>>,
+    client_tokens: f32,
+    refilled: Instant,
+}
+
+pub async fn run(app: Arc<App>, index: usize, mut stream: TcpStream, early: Bytes) {
+    app.metrics.sockets_opened.inc();
+    let settings = &app.pusher.apps()[index];
+    let socket_id = format!(
+        "{}.{}",
+        u32::from_le_bytes(crate::util::random_bytes::<4>()) % 1_000_000_000,
+        u32::from_le_bytes(crate::util::random_bytes::<4>()) % 1_000_000_000
+    );
+    let (tx, mut rx) = mpsc::channel::<Bytes>(OUTBOX_FRAMES);
+    let conn = Arc::new(PConn::new(socket_id, index, tx));
+    let mut s = Session {
+        app: &app,
+        settings,
+        conn: conn.clone(),
+        subscribed: HashMap::new(),
+        user: None,
+        client_tokens: CLIENT_EVENTS_PER_SEC,
+        refilled: Instant::now(),
+    };
+    let established = json!({
+        "socket_id": conn.socket_id,
+        "activity_timeout": settings.activity_timeout_secs,
+    })
+    .to_string();
+    let mut end = write(
+        &mut stream,
+        &protocol::event_frame("pusher:connection_established", None, &established),
+    )
+    .await
+    .err()
+    .map(|_| End::Gone);
+    let silence = Duration::from_secs(settings.activity_timeout_secs * 2);
+    let mut last_seen = tokio::time::Instant::now();
+    let mut decoder = Decoder::new(Role::Server, app.config.ws.max_message_bytes);
+    let mut buf = early.to_vec();
+    while end.is_none() {
+        // Handle what is buffered.
+        let mut replies: Vec<u8> = Vec::new();
+        let mut stop = None;
+        let consumed = match decoder.decode(&mut buf, |m| {
+            stop = s.on_message(m, &mut replies);
+            if stop.is_some() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        }) {
+            Ok(n) => n,
+            Err(code) => {
+                end = Some(End::Close(code.code(), code.reason()));
+                break;
+            }
+        };
+        buf.drain(..consumed);
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
+        if !replies.is_empty() && write(&mut stream, &replies).await.is_err() {
+            end = Some(End::Gone);
+            break;
+        }
+        if let Some(e) = stop {
+            end = Some(e);
+            break;
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => {
+                end = Some(End::Close(PusherCode::Restart.code(), "server restarting"));
+            }
+            _ = conn.stopped().cancelled() => {
+                let code = conn.stop_code();
+                // An app's termination (or logout) follows the frames queued
+                // before it; a socket that could not keep up gets none.
+                if code != PusherCode::OverCapacity.code() {
+                    let mut rest = Vec::new();
+                    while let Ok(f) = rx.try_recv() {
+                        rest.extend_from_slice(&f);
+                    }
+                    let _ = write(&mut stream, &rest).await;
+                }
+                let reason = if code == PusherCode::Unauthorized.code() {
+                    "terminated"
+                } else {
+                    "over capacity"
+                };
+                end = Some(End::Close(code, reason));
+            }
+            Some(frame) = rx.recv() => {
+                if write(&mut stream, &frame).await.is_err() {
+                    end = Some(End::Gone);
+                }
+            }
+            _ = tokio::time::sleep_until(last_seen + silence) => {
+                end = Some(End::Close(PusherCode::PongNotReceived.code(), "pong reply not received"));
+            }
+            r = stream.readable() => {
+                if r.is_err() {
+                    end = Some(End::Gone);
+                    continue;
+                }
+                let start = buf.len();
+                buf.resize(start + READ_CHUNK, 0);
+                match stream.try_read(&mut buf[start..]) {
+                    Ok(0) => end = Some(End::Gone),
+                    Ok(n) => {
+                        buf.truncate(start + n);
+                        last_seen = tokio::time::Instant::now();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
+                    Err(_) => end = Some(End::Gone),
+                }
+            }
+        }
+    }
+    s.leave_all();
+    let frame = match end {
+        Some(End::Close(code, reason)) => {
+            app.metrics.ws_close(code);
+            Some(codec::close_frame(code, reason))
+        }
+        Some(End::PeerClosed(Some(code))) => Some(codec::close_frame(code, "")),
+        Some(End::PeerClosed(None)) => {
+            let mut f = Vec::new();
+            codec::encode_frame(&mut f, codec::OP_CLOSE, &[], None);
+            Some(f)
+        }
+        Some(End::Gone) | None => None,
+    };
+    if let Some(f) = frame {
+        let _ = write(&mut stream, &f).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout")),
+    }
+}
+
+impl Session<'_> {
+    /// Handles one client message; replies go to `out`. `Some` ends the socket.
+    fn on_message(&mut self, m: Message<'_>, out: &mut Vec<u8>) -> Option<End> {
+        match m {
+            Message::Text(t) => self.on_text(t, out),
+            Message::Binary(_) => Some(End::Close(1003, "binary frames are not supported")),
+            Message::Ping(p) => {
+                codec::encode_frame(out, codec::OP_PONG, p, None);
+                None
+            }
+            Message::Pong(_) => None,
+            Message::Close(c) => Some(End::PeerClosed(c.map(|(code, _)| code))),
+        }
+    }
+
+    fn on_text(&mut self, text: &str, out: &mut Vec<u8>) -> Option<End> {
+        let Ok(msg) = serde_json::from_str::<Value>(text) else {
+            out.extend(protocol::error_frame(None, "the message is not JSON"));
+            return None;
+        };
+        let event = msg["event"].as_str().unwrap_or("");
+        // pusher-js sends `data` as an object; other clients as a JSON string.
+        let data = match &msg["data"] {
+            Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+            other => other.clone(),
+        };
+        match event {
+            "pusher:ping" => out.extend(protocol::event_frame("pusher:pong", None, "{}")),
+            "pusher:pong" => {}
+            "pusher:subscribe" => self.subscribe(&data, out),
+            "pusher:unsubscribe" => {
+                if let Some(ch) = data["channel"].as_str() {
+                    self.unsubscribe(ch);
+                }
+            }
+            "pusher:signin" => return self.sign_in(&data, out),
+            e if e.starts_with("client-") => self.client_event(e, &msg, out),
+            _ => out.extend(protocol::error_frame(
+                None,
+                &format!("unsupported event {:?}", truncate(event)),
+            )),
+        }
+        None
+    }
+
+    fn subscribe(&mut self, data: &Value, out: &mut Vec<u8>) {
+        let Some(name) = data["channel"].as_str() else {
+            out.extend(protocol::error_frame(
+                None,
+                "pusher:subscribe needs data.channel",
+            ));
+            return;
+        };
+        let refuse = |out: &mut Vec<u8>, status: u16, why: &str| {
+            out.extend(protocol::subscription_error_frame(name, status, why));
+        };
+        let kind = match protocol::channel_kind(name) {
+            Ok(ChannelKind::User) => {
+                // pusher-js joins its own user channel right after signing in.
+                let own = self
+                    .user
+                    .as_deref()
+                    .is_some_and(|id| name.strip_prefix(protocol::USER_CHANNEL_PREFIX) == Some(id));
+                if !own {
+                    return refuse(
+                        out,
+                        403,
+                        "a user channel is joined only by that user, after pusher:signin",
+                    );
+                }
+                ChannelKind::User
+            }
+            Ok(k) => k,
+            Err(why) => return refuse(out, 400, why),
+        };
+        let auth = data["auth"].as_str().unwrap_or("");
+        let (key, secret) = (&self.settings.key, &self.settings.secret);
+        let mut member = None;
+        match kind {
+            ChannelKind::Public | ChannelKind::User => {}
+            ChannelKind::Private => {
+                let message = format!("{}:{name}", self.conn.socket_id);
+                if !protocol::check_auth(key, secret, auth, &message) {
+                    self.app
+                        .metrics
+                        .auth_failure("pusher", "bad_channel_signature");
+                    return refuse(out, 401, "invalid signature for this socket and channel");
+                }
+            }
+            ChannelKind::Presence => {
+                let channel_data = data["channel_data"].as_str().unwrap_or("");
+                let message = format!("{}:{name}:{channel_data}", self.conn.socket_id);
+                if !protocol::check_auth(key, secret, auth, &message) {
+                    self.app
+                        .metrics
+                        .auth_failure("pusher", "bad_channel_signature");
+                    return refuse(
+                        out,
+                        401,
+                        "invalid signature for this socket, channel and channel_data",
+                    );
+                }
+                let Ok(cd) = serde_json::from_str::<Value>(channel_data) else {
+                    return refuse(out, 400, "channel_data is not JSON");
+                };
+                let id = match &cd["user_id"] {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return refuse(out, 400, "channel_data needs a user_id"),
+                };
+                if !protocol::is_user_id(&id) {
+                    return refuse(out, 400, "invalid user_id");
+                }
+                member = Some((id, cd.get("user_info").cloned().unwrap_or(json!({}))));
+            }
+        }
+        if kind == ChannelKind::User {
+            // Delivered by sign-in (`Channels::publish`), not by subscription.
+            out.extend(protocol::event_frame(
+                "pusher_internal:subscription_succeeded",
+                Some(name),
+                "{}",
+            ));
+            return;
+        }
+        let subscribed = self.app.pusher.channels().subscribe(
+            &self.conn,
+            name,
+            member
+                .as_ref()
+                .map(|(id, info)| (id.as_str(), info.clone())),
+        );
+        // A repeated subscribe is answered again; it keeps its first identity.
+        self.subscribed
+            .entry(name.into())
+            .or_insert_with(|| member.map(|(id, _)| id.into()));
+        let data = subscribed
+            .presence
+            .map_or_else(|| "{}".to_string(), |p| p.to_string());
+        out.extend(protocol::event_frame(
+            "pusher_internal:subscription_succeeded",
+            Some(name),
+            &data,
+        ));
+    }
+
+    fn unsubscribe(&mut self, name: &str) {
+        if let Some(member) = self.subscribed.remove(name) {
+            self.app
+                .pusher
+                .channels()
+                .unsubscribe(&self.conn, name, member.as_deref());
+        }
+    }
+
+    fn sign_in(&mut self, data: &Value, out: &mut Vec<u8>) -> Option<End> {
+        let user_data = data["user_data"].as_str().unwrap_or("");
+        let auth = data["auth"].as_str().unwrap_or("");
+        let message = format!("{}::user::{user_data}", self.conn.socket_id);
+        let id = serde_json::from_str::<Value>(user_data)
+            .ok()
+            .and_then(|u| match &u["id"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .filter(|id| protocol::is_user_id(id));
+        let valid = protocol::check_auth(&self.settings.key, &self.settings.secret, auth, &message);
+        let (true, Some(id)) = (valid, id) else {
+            self.app.metrics.auth_failure("pusher", "bad_signin");
+            out.extend(protocol::error_frame(
+                Some(PusherCode::Unauthorized.code()),
+                "invalid sign-in: bad signature or user_data without an id",
+            ));
+            return Some(End::Close(
+                PusherCode::Unauthorized.code(),
+                "invalid sign-in",
+            ));
+        };
+        if let Some(old) = self.user.take() {
+            self.app.pusher.channels().sign_out(&self.conn, &old);
+        }
+        self.app.pusher.channels().sign_in(&self.conn, &id);
+        self.user = Some(id.into());
+        let data = json!({ "user_data": user_data }).to_string();
+        out.extend(protocol::event_frame("pusher:signin_success", None, &data));
+        None
+    }
+
+    fn client_event(&mut self, event: &str, msg: &Value, out: &mut Vec<u8>) {
+        let channel = msg["channel"].as_str().unwrap_or("");
+        if !self.settings.enable_client_messages {
+            out.extend(protocol::error_frame(
+                None,
+                "client events are not enabled for this app",
+            ));
+            return;
+        }
+        let Some(member) = self.subscribed.get(channel) else {
+            out.extend(protocol::error_frame(
+                None,
+                "client events need a subscribed channel",
+            ));
+            return;
+        };
+        if !matches!(
+            protocol::channel_kind(channel),
+            Ok(ChannelKind::Private | ChannelKind::Presence)
+        ) {
+            out.extend(protocol::error_frame(
+                None,
+                "client events are allowed on private and presence channels only",
+            ));
+            return;
+        }
+        if event.len() > protocol::MAX_EVENT_NAME {
+            out.extend(protocol::error_frame(
+                None,
+                "event names are at most 200 characters",
+            ));
+            return;
+        }
+        let now = Instant::now();
+        self.client_tokens = (self.client_tokens
+            + now.duration_since(self.refilled).as_secs_f32() * CLIENT_EVENTS_PER_SEC)
+            .min(CLIENT_EVENTS_PER_SEC);
+        self.refilled = now;
+        if self.client_tokens < 1.0 {
+            out.extend(protocol::error_frame(
+                Some(PusherCode::ClientEventRateLimit.code()),
+                "client event rejected due to rate limit",
+            ));
+            return;
+        }
+        self.client_tokens -= 1.0;
+        let mut v = json!({ "event": event, "channel": channel, "data": msg["data"] });
+        if let Some(id) = member {
+            v["user_id"] = Value::from(&**id);
+        }
+        let frame: Bytes = codec::text_frame(&v.to_string()).into();
+        self.app.pusher.channels().publish(
+            self.conn.app,
+            channel,
+            &frame,
+            Some(&self.conn.socket_id),
+        );
+    }
+
+    fn leave_all(&mut self) {
+        let names: Vec<Box<str>> = self.subscribed.keys().cloned().collect();
+        for name in names {
+            self.unsubscribe(&name);
+        }
+        if let Some(id) = self.user.take() {
+            self.app.pusher.channels().sign_out(&self.conn, &id);
+        }
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,262 @@
+//! Pusher protocol v7 and HTTP API: the real libraries (pusher-js and the
+//! `pusher` server SDK for Node, from `tests/node`) drive the hub through
+//! the seed article's sample and every feature; refusals are checked with
+//! hand-signed requests and raw sockets.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{API_KEY, TEST_ISS, TestHub, Ws, require_program};
+use serde_json::{Value, json};
+use slo_hub::config::{Config, PusherAppSettings};
+
+const APP_ID: &str = "4242";
+const APP_KEY: &str = "slo-app-key";
+const APP_SECRET: &str = "slo-app-secret-0123456789";
+
+fn pusher_app(c: &mut Config) {
+    c.pusher_apps = vec![PusherAppSettings {
+        id: APP_ID.into(),
+        key: APP_KEY.into(),
+        secret: APP_SECRET.into(),
+        enable_client_messages: true,
+        max_event_bytes: 10 * 1024,
+        activity_timeout_secs: 120,
+        logout_issuer: Some(TEST_ISS.into()),
+    }];
+}
+
+fn hex(bytes: &[u8]) -> String {
+    slo_hub::auth::api_keys::hex(bytes)
+}
+
+/// A request signed as Pusher's SDKs sign it (optionally wrongly).
+fn signed(
+    method: &str,
+    path: &str,
+    body: &str,
+    ts: u64,
+    secret: &str,
+    extra: &[(&str, &str)],
+) -> String {
+    use md5::Digest;
+    let mut params: Vec<(String, String)> = vec![
+        ("auth_key".into(), APP_KEY.into()),
+        ("auth_timestamp".into(), ts.to_string()),
+        ("auth_version".into(), "1.0".into()),
+    ];
+    if !body.is_empty() {
+        params.push(("body_md5".into(), hex(&md5::Md5::digest(body.as_bytes()))));
+    }
+    for (k, v) in extra {
+        params.push((k.to_string(), v.to_string()));
+    }
+    params.sort();
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let query = query.join("&");
+    let sig = slo_hub::pusher::protocol::sign(secret, &format!("{method}\n{path}\n{query}"));
+    format!("{path}?{query}&auth_signature={sig}")
+}
+
+fn now() -> u64 {
+    slo_hub::util::now_secs()
+}
+
+#[tokio::test]
+async fn pusher_js_and_the_pusher_sdk_run_every_feature_and_the_seed_sample() {
+    let Some(node) = require_program("node", &["/usr/bin/node"]) else {
+        return;
+    };
+    let Some(dir) = common::require_node_packages() else {
+        return;
+    };
+    let hub = TestHub::with(pusher_app).await;
+    let port = hub.url.rsplit(':').next().unwrap().to_string();
+    let out = tokio::process::Command::new(node)
+        .arg("pusher-scenario.mjs")
+        .current_dir(&dir)
+        .env("HUB_HOST", "127.0.0.1")
+        .env("HUB_PORT", &port)
+        .env("APP_ID", APP_ID)
+        .env("APP_KEY", APP_KEY)
+        .env("APP_SECRET", APP_SECRET)
+        .env("HUB_API_KEY", API_KEY)
+        .env("LOGOUT_ISS", TEST_ISS)
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+        .await
+        .expect("the scenario finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let steps: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(out.status.success(), "scenario failed:\n{stdout}");
+    let step = |name: &str| -> &Value {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}:\n{stdout}"))
+    };
+    assert_eq!(step("seed_sample_slo_event")["data"], json!({"slo": true}));
+    assert_eq!(step("private_event")["data"], json!({"n": 1}));
+    assert_eq!(step("forged_refused")["status"], 401);
+    let p = step("presence");
+    assert_eq!(
+        (&p["first_count"], &p["second_count"], &p["added"], &p["me"]),
+        (&json!(1), &json!(2), &json!("bob"), &json!("bob"))
+    );
+    assert_eq!(p["added_info"], json!({"name": "BOB"}));
+    let q = step("channel_queries");
+    assert_eq!(
+        q["users"],
+        json!({"users": [{"id": "alice"}, {"id": "bob"}]})
+    );
+    assert_eq!(
+        q["list"],
+        json!({"channels": {"presence-room": {"user_count": 2}}})
+    );
+    assert_eq!(
+        q["one"],
+        json!({"occupied": true, "user_count": 2, "subscription_count": 2})
+    );
+    assert_eq!(step("client_event")["data"], json!({"who": "alice"}));
+    assert_eq!(
+        (&step("batch")["a"], &step("batch")["b"]),
+        (&json!({"i": 1}), &json!({"i": 2}))
+    );
+    assert_eq!(step("member_removed")["id"], "bob");
+    assert_eq!(step("send_to_user")["data"], json!({"to": "bob"}));
+    assert_ne!(step("terminated")["state"], "connected");
+    let bridged = step("bridged_logout");
+    assert_eq!(bridged["data"]["slo"], true, "{bridged}");
+    assert_eq!(bridged["close_code"], 4009, "{bridged}");
+    step("done");
+    // Every socket left: no channel or user entry remains.
+    let ch = hub.app().pusher.channels();
+    assert!(ch.list(0, "").is_empty(), "{:?}", ch.list(0, ""));
+}
+
+async fn api(hub: &TestHub, method: &str, path_and_query: &str, body: &str) -> (u16, String) {
+    let url = format!("{}{path_and_query}", hub.url);
+    let req = match method {
+        "POST" => hub
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+        _ => hub.http.get(url),
+    };
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_http_api_refuses_bad_signatures_stale_timestamps_and_oversized_events() {
+    let hub = TestHub::with(pusher_app).await;
+    let path = format!("/apps/{APP_ID}/events");
+    let body = json!({"name": "e", "channel": "c", "data": "{}"}).to_string();
+
+    let ok = signed("POST", &path, &body, now(), APP_SECRET, &[]);
+    assert_eq!(api(&hub, "POST", &ok, &body).await, (200, "{}".into()));
+
+    let wrong_secret = signed("POST", &path, &body, now(), "another-secret-0123456", &[]);
+    let (s, text) = api(&hub, "POST", &wrong_secret, &body).await;
+    assert_eq!(s, 401);
+    assert!(text.contains("Invalid signature"), "{text}");
+
+    let stale = signed("POST", &path, &body, now() - 601, APP_SECRET, &[]);
+    let (s, text) = api(&hub, "POST", &stale, &body).await;
+    assert_eq!(s, 401);
+    assert!(text.contains("Timestamp expired"), "{text}");
+
+    // Signed for one body, sent with another.
+    let other = json!({"name": "e", "channel": "d", "data": "{}"}).to_string();
+    let (s, text) = api(&hub, "POST", &ok, &other).await;
+    assert_eq!(s, 401);
+    assert!(text.contains("body_md5"), "{text}");
+
+    let unknown = signed("POST", "/apps/999/events", &body, now(), APP_SECRET, &[]);
+    let (s, text) = api(&hub, "POST", &unknown, &body).await;
+    assert_eq!(s, 404);
+    assert!(text.contains("Unknown app_id"), "{text}");
+
+    let big = json!({"name": "e", "channel": "c", "data": "x".repeat(10 * 1024 + 1)}).to_string();
+    let q = signed("POST", &path, &big, now(), APP_SECRET, &[]);
+    let (s, text) = api(&hub, "POST", &q, &big).await;
+    assert_eq!(s, 413);
+    assert!(text.contains("larger than 10240"), "{text}");
+
+    let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+    let body = json!({"name": "e", "channels": many, "data": "{}"}).to_string();
+    let q = signed("POST", &path, &body, now(), APP_SECRET, &[]);
+    let (s, text) = api(&hub, "POST", &q, &body).await;
+    assert_eq!(s, 400);
+    assert!(text.contains("1 to 100 channels"), "{text}");
+
+    let body = json!({"name": "e", "channel": "bad name", "data": "{}"}).to_string();
+    let q = signed("POST", &path, &body, now(), APP_SECRET, &[]);
+    assert_eq!(api(&hub, "POST", &q, &body).await.0, 400);
+
+    // A GET is signed too: users of a public channel are refused as such.
+    let users = format!("/apps/{APP_ID}/channels/public/users");
+    let q = signed("GET", &users, "", now(), APP_SECRET, &[]);
+    let (s, text) = api(&hub, "GET", &q, "").await;
+    assert_eq!(s, 400);
+    assert!(text.contains("presence channels only"), "{text}");
+
+    assert_eq!(
+        hub.metric("slo_hub_http_rejections_total{endpoint=\"pusher_api\",error=\"unauthorized\"}")
+            .await,
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn a_socket_with_an_unknown_key_or_protocol_is_told_why_and_closed() {
+    let hub = TestHub::with(pusher_app).await;
+    let base = hub.url.replacen("http", "ws", 1);
+    for (path, code) in [
+        ("/app/nope?protocol=7".to_string(), 4001),
+        (format!("/app/{APP_KEY}"), 4008),
+        (format!("/app/{APP_KEY}?protocol=6"), 4007),
+    ] {
+        let mut ws = Ws::connect(&format!("{base}{path}"), None)
+            .await
+            .expect("upgraded");
+        let err = ws.recv_json().await;
+        assert_eq!(err["event"], "pusher:error", "{path}: {err}");
+        assert_eq!(err["data"]["code"], code, "{path}: {err}");
+        assert_eq!(ws.close_code().await, Some(code), "{path}");
+    }
+
+    // The right key and protocol: connection_established, then ping/pong.
+    let mut ws = Ws::connect(&format!("{base}/app/{APP_KEY}?protocol=7&client=js"), None)
+        .await
+        .unwrap();
+    let hello = ws.recv_json().await;
+    assert_eq!(hello["event"], "pusher:connection_established");
+    let data: Value = serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["activity_timeout"], 120);
+    assert!(data["socket_id"].as_str().unwrap().contains('.'));
+    ws.send_json(json!({"event": "pusher:ping", "data": {}}))
+        .await;
+    assert_eq!(ws.recv_json().await["event"], "pusher:pong");
+    // A user channel is joined only by that user, after signing in.
+    ws.send_json(
+        json!({"event": "pusher:subscribe", "data": {"channel": "#server-to-user-alice"}}),
+    )
+    .await;
+    let refused = ws.recv_json().await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(refused["data"]["status"], 403);
+    // A bad sign-in closes 4009.
+    ws.send_json(json!({"event": "pusher:signin", "data": {"auth": "x:y", "user_data": "{\"id\":\"alice\"}"}}))
+        .await;
+    assert_eq!(ws.recv_json().await["data"]["code"], 4009);
+    assert_eq!(ws.close_code().await, Some(4009));
+}
