@@ -260,3 +260,198 @@ async fn a_socket_with_an_unknown_key_or_protocol_is_told_why_and_closed() {
     assert_eq!(ws.recv_json().await["data"]["code"], 4009);
     assert_eq!(ws.close_code().await, Some(4009));
 }
+
+/// A raw protocol-7 socket (tokio-tungstenite), subscribed and signed in by
+/// hand-made signatures, as the target of the Python SDK.
+async fn raw_socket(hub: &TestHub) -> (Ws, String) {
+    let url = format!(
+        "{}/app/{APP_KEY}?protocol=7",
+        hub.url.replacen("http", "ws", 1)
+    );
+    let mut ws = Ws::connect(&url, None).await.unwrap();
+    let hello = ws.recv_json().await;
+    let data: Value = serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
+    let socket_id = data["socket_id"].as_str().unwrap().to_string();
+    (ws, socket_id)
+}
+
+fn auth(message: &str) -> String {
+    format!(
+        "{APP_KEY}:{}",
+        slo_hub::pusher::protocol::sign(APP_SECRET, message)
+    )
+}
+
+#[tokio::test]
+async fn the_python_sdk_triggers_queries_and_terminates() {
+    let Some(python) = require_program("python3", &["/usr/bin/python3"]) else {
+        return;
+    };
+    let has_sdk = std::process::Command::new(&python)
+        .args(["-c", "import pusher"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_sdk {
+        let msg = "the Python package pusher is not installed: this test needs it (python3 -m pip install pusher==3.3.4)";
+        assert!(
+            std::env::var("SLO_HUB_REQUIRE_ALL").as_deref() != Ok("1"),
+            "{msg}; SLO_HUB_REQUIRE_ALL=1 makes that a failure"
+        );
+        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+        return;
+    }
+    let hub = TestHub::with(pusher_app).await;
+    let (mut ws, socket_id) = raw_socket(&hub).await;
+    ws.send_json(json!({"event": "pusher:subscribe", "data": {"channel": "visitor42_incognito"}}))
+        .await;
+    assert_eq!(
+        ws.recv_json().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let channel_data = json!({"user_id": "carol"}).to_string();
+    ws.send_json(json!({"event": "pusher:subscribe", "data": {
+        "channel": "presence-room",
+        "auth": auth(&format!("{socket_id}:presence-room:{channel_data}")),
+        "channel_data": channel_data,
+    }}))
+    .await;
+    let ok = ws.recv_json().await;
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded", "{ok}");
+    let user_data = json!({"id": "carol"}).to_string();
+    ws.send_json(json!({"event": "pusher:signin", "data": {
+        "auth": auth(&format!("{socket_id}::user::{user_data}")),
+        "user_data": user_data,
+    }}))
+    .await;
+    assert_eq!(ws.recv_json().await["event"], "pusher:signin_success");
+
+    let port = hub.url.rsplit(':').next().unwrap().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/pusher_http.py");
+    let out = tokio::process::Command::new(&python)
+        .args([script, "127.0.0.1", &port, APP_ID, APP_KEY, APP_SECRET])
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let calls: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let result = |name: &str| {
+        calls
+            .iter()
+            .find(|c| c["call"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {stdout}"))["result"]
+            .clone()
+    };
+    assert_eq!(
+        result("channels_info"),
+        json!({"channels": {"presence-room": {"user_count": 1}}})
+    );
+    assert_eq!(
+        result("channel_info"),
+        json!({"occupied": true, "user_count": 1, "subscription_count": 1})
+    );
+    assert_eq!(result("users_info"), json!({"users": [{"id": "carol"}]}));
+    assert!(
+        result("wrong_secret")
+            .as_str()
+            .unwrap()
+            .starts_with("refused"),
+        "{stdout}"
+    );
+
+    // What the socket saw: the seed sample's event, the batch, then the
+    // termination.
+    let slo = ws.recv_json().await;
+    assert_eq!(
+        (&slo["event"], &slo["channel"]),
+        (&json!("slo-event"), &json!("visitor42_incognito"))
+    );
+    let data: Value = serde_json::from_str(slo["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data, json!({"slo": true}));
+    for channel in ["visitor42_incognito", "presence-room"] {
+        let b = ws.recv_json().await;
+        assert_eq!((&b["event"], &b["channel"]), (&json!("batched"), &json!(channel)));
+    }
+    assert_eq!(ws.close_code().await, Some(4009));
+    assert!(hub.app().pusher.channels().list(0, "").is_empty());
+}
+
+/// The seed article's SPA side in a real headless Chromium: the web build
+/// of pusher-js, on a page of another origin, subscribes to the visitor's
+/// channel and logs out on `slo-event` — triggered by a signed API call.
+#[tokio::test]
+async fn pusher_js_in_chromium_receives_the_seed_samples_slo_event() {
+    let Some(mut chrome) = common::browser::Chrome::start().await else {
+        return;
+    };
+    let Some(dir) = common::require_node_packages() else {
+        return;
+    };
+    let lib = std::fs::read_to_string(dir.join("node_modules/pusher-js/dist/web/pusher.min.js"))
+        .expect("pusher-js web build");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_origin = format!("http://{}", listener.local_addr().unwrap());
+    let hub = TestHub::with(|c| {
+        pusher_app(c);
+        c.ws.allowed_origins = vec![page_origin.clone()];
+    })
+    .await;
+    let port = hub.url.rsplit(':').next().unwrap().to_string();
+    let page = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>SPA</title>
+<script src="/pusher.min.js"></script>
+<script>
+  // The seed article's client code, with only host, port and key set.
+  const pusher = new Pusher("{APP_KEY}", {{
+    wsHost: "127.0.0.1", wsPort: {port}, forceTLS: false,
+    enabledTransports: ["ws"], cluster: "local", disableStats: true,
+  }});
+  const channel = pusher.subscribe("visitor42_incognito");
+  channel.bind("pusher:subscription_succeeded", () => {{ document.body.dataset.subscribed = "yes"; }});
+  channel.bind("slo-event", (data) => {{
+    if (data.slo === true) {{ document.body.dataset.loggedOut = "yes"; }}
+  }});
+</script>"#
+    );
+    let router = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || async move { axum::response::Html(page) }),
+        )
+        .route(
+            "/pusher.min.js",
+            axum::routing::get(move || async move {
+                ([("content-type", "text/javascript")], lib)
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let b = chrome.session().await;
+    b.goto(&format!("{page_origin}/")).await.unwrap();
+    let wait = std::time::Duration::from_secs(10);
+    common::browser::wait_for_js(
+        &b,
+        "return document.body.dataset.subscribed || null",
+        json!("yes"),
+        wait,
+    )
+    .await;
+    let path = format!("/apps/{APP_ID}/events");
+    let body = json!({"name": "slo-event", "channels": ["visitor42_incognito"], "data": "{\"slo\":true}"})
+        .to_string();
+    let q = signed("POST", &path, &body, now(), APP_SECRET, &[]);
+    assert_eq!(api(&hub, "POST", &q, &body).await.0, 200);
+    common::browser::wait_for_js(
+        &b,
+        "return document.body.dataset.loggedOut || null",
+        json!("yes"),
+        wait,
+    )
+    .await;
+    common::browser::screenshot(&b, "pusher-js-chromium-slo-event").await;
+    b.close().await.unwrap();
+}

@@ -40,8 +40,9 @@ use tokio::task::JoinHandle;
 #[derive(Parser, Clone)]
 #[command(name = "slo-bench")]
 pub struct Opts {
-    /// Servers to run, comma-separated: slo-hub, uws, ws, socketio, soketi.
-    #[arg(long, default_value = "slo-hub,uws,ws,socketio,soketi")]
+    /// Servers to run, comma-separated: slo-hub, uws, ws, socketio, soketi,
+    /// slo-hub-pusher (slo-hub on the Pusher protocol, beside Soketi).
+    #[arg(long, default_value = "slo-hub,uws,ws,socketio,soketi,slo-hub-pusher")]
     servers: String,
     /// Repetitions per server (each on a fresh process); medians are reported.
     #[arg(long, default_value_t = 3)]
@@ -126,7 +127,7 @@ fn main() {
         hub_store: opts.hub_store.clone(),
         hub_cluster: None,
     };
-    if kinds.contains(&Kind::SloHub) {
+    if kinds.contains(&Kind::SloHub) || kinds.contains(&Kind::SloHubPusher) {
         assert!(
             env.hub_bin.is_file(),
             "{} is missing: run `cargo build --release` first",

@@ -19,7 +19,7 @@ use crate::http;
 
 pub const PUSHER_APP_ID: &str = "bench";
 pub const PUSHER_KEY: &str = "bench-key";
-pub const PUSHER_SECRET: &str = "bench-secret";
+pub const PUSHER_SECRET: &str = "bench-secret-0123456789";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -28,6 +28,8 @@ pub enum Kind {
     Uws,
     SocketIo,
     Soketi,
+    /// slo-hub speaking the Pusher protocol (`[[pusher_apps]]`), beside Soketi.
+    SloHubPusher,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             "uws" => Kind::Uws,
             "socketio" => Kind::SocketIo,
             "soketi" => Kind::Soketi,
+            "slo-hub-pusher" => Kind::SloHubPusher,
             _ => return None,
         })
     }
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Uws => "uws",
             Kind::SocketIo => "socketio",
             Kind::Soketi => "soketi",
+            Kind::SloHubPusher => "slo-hub-pusher",
         }
     }
 
@@ -59,6 +63,7 @@ impl Kind {
             Kind::Uws => "uWebSockets.js 20.30",
             Kind::SocketIo => "socket.io 4.8",
             Kind::Soketi => "Soketi 1.6.1 (Pusher protocol)",
+            Kind::SloHubPusher => "slo-hub (Pusher protocol)",
         }
     }
 
@@ -67,7 +72,7 @@ impl Kind {
             Kind::SloHub => "/v1/ws".into(),
             Kind::Ws | Kind::Uws => "/ws".into(),
             Kind::SocketIo => "/socket.io/?EIO=4&transport=websocket".into(),
-            Kind::Soketi => format!("/app/{PUSHER_KEY}?protocol=7&client=slo-bench&version=1.0"),
+            Kind::Soketi | Kind::SloHubPusher => format!("/app/{PUSHER_KEY}?protocol=7&client=slo-bench&version=1.0"),
         }
     }
 
@@ -83,7 +88,7 @@ impl Kind {
             Kind::Ws | Kind::Uws | Kind::SocketIo => {
                 http::post_json("/push", None, &format!(r#"{{"user":"{user}"}}"#))
             }
-            Kind::Soketi => pusher_trigger(user),
+            Kind::Soketi | Kind::SloHubPusher => pusher_trigger(user),
         }
     }
 
@@ -92,7 +97,7 @@ impl Kind {
         match self {
             Kind::SloHub | Kind::Ws | Kind::Uws => text.starts_with(r#"{"type":"logout""#),
             Kind::SocketIo => text.starts_with(r#"42["logout""#),
-            Kind::Soketi => text.contains(r#""event":"logout""#),
+            Kind::Soketi | Kind::SloHubPusher => text.contains(r#""event":"logout""#),
         }
     }
 
@@ -106,7 +111,7 @@ impl Kind {
             }
             // Engine.IO heartbeat.
             Kind::SocketIo if text == "2" => Some("3".into()),
-            Kind::Soketi if text.contains("pusher:ping") => {
+            Kind::Soketi | Kind::SloHubPusher if text.contains("pusher:ping") => {
                 Some(r#"{"event":"pusher:pong","data":{}}"#.into())
             }
             _ => None,
@@ -252,7 +257,7 @@ pub async fn connect(kind: Kind, addr: SocketAddr, user: &str, token: &str) -> i
             s.send(&format!(r#"42["auth","{user}"]"#)).await?;
             s.expect(|t| t == r#"42["ready"]"#).await?;
         }
-        Kind::Soketi => {
+        Kind::Soketi | Kind::SloHubPusher => {
             s.expect(|t| t.contains("pusher:connection_established"))
                 .await?;
             s.send(&format!(

@@ -41,7 +41,7 @@ impl Server {
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg(&env.cpu);
         match kind {
-            Kind::SloHub => {
+            Kind::SloHub | Kind::SloHubPusher => {
                 let config = write_hub_config(env, port)?;
                 cmd.arg(&env.hub_bin)
                     .arg("serve")
@@ -208,6 +208,11 @@ keys = [{{ kid = "bench", pem = """{public}""" }}]
 name = "bench"
 sha256 = "{key_hash}"
 scopes = ["logout:any"]
+
+[[pusher_apps]]
+id = "{PUSHER_APP_ID}"
+key = "{PUSHER_KEY}"
+secret = "{PUSHER_SECRET}"
 {extra}
 "#,
         data = data.display(),
