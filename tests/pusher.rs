@@ -284,7 +284,7 @@ fn auth(message: &str) -> String {
 
 #[tokio::test]
 async fn the_python_sdk_triggers_queries_and_terminates() {
-    let Some(python) = require_program("python3", &["/usr/bin/python3"]) else {
+    let Some(python) = require_program("python3", &[]) else {
         return;
     };
     let has_sdk = std::process::Command::new(&python)
@@ -316,7 +316,10 @@ async fn the_python_sdk_triggers_queries_and_terminates() {
     }}))
     .await;
     let ok = ws.recv_json().await;
-    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded", "{ok}");
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
     let user_data = json!({"id": "carol"}).to_string();
     ws.send_json(json!({"event": "pusher:signin", "data": {
         "auth": auth(&format!("{socket_id}::user::{user_data}")),
@@ -329,12 +332,12 @@ async fn the_python_sdk_triggers_queries_and_terminates() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/pusher_http.py");
     let out = tokio::process::Command::new(&python)
         .args([script, "127.0.0.1", &port, APP_ID, APP_KEY, APP_SECRET])
-        .stderr(Stdio::inherit())
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
     let calls: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -374,7 +377,10 @@ async fn the_python_sdk_triggers_queries_and_terminates() {
     assert_eq!(data, json!({"slo": true}));
     for channel in ["visitor42_incognito", "presence-room"] {
         let b = ws.recv_json().await;
-        assert_eq!((&b["event"], &b["channel"]), (&json!("batched"), &json!(channel)));
+        assert_eq!(
+            (&b["event"], &b["channel"]),
+            (&json!("batched"), &json!(channel))
+        );
     }
     assert_eq!(ws.close_code().await, Some(4009));
     assert!(hub.app().pusher.channels().list(0, "").is_empty());
@@ -424,9 +430,7 @@ async fn pusher_js_in_chromium_receives_the_seed_samples_slo_event() {
         )
         .route(
             "/pusher.min.js",
-            axum::routing::get(move || async move {
-                ([("content-type", "text/javascript")], lib)
-            }),
+            axum::routing::get(move || async move { ([("content-type", "text/javascript")], lib) }),
         );
     tokio::spawn(async move { axum::serve(listener, router).await });
 
@@ -441,8 +445,9 @@ async fn pusher_js_in_chromium_receives_the_seed_samples_slo_event() {
     )
     .await;
     let path = format!("/apps/{APP_ID}/events");
-    let body = json!({"name": "slo-event", "channels": ["visitor42_incognito"], "data": "{\"slo\":true}"})
-        .to_string();
+    let body =
+        json!({"name": "slo-event", "channels": ["visitor42_incognito"], "data": "{\"slo\":true}"})
+            .to_string();
     let q = signed("POST", &path, &body, now(), APP_SECRET, &[]);
     assert_eq!(api(&hub, "POST", &q, &body).await.0, 200);
     common::browser::wait_for_js(

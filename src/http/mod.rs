@@ -108,7 +108,7 @@ fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
         Some("/v1/revocations") => "revocations",
         Some("/v1/logout/frontchannel") => "frontchannel_logout",
         Some("/app/{key}") => "pusher_ws",
-        Some(p) if p.starts_with("/apps/") => "pusher_api",
+        Some(p) if p.starts_with("/apps/") || p.starts_with("/users/") => "pusher_api",
         Some(_) => "other",
         None => "unrouted",
     }

@@ -43,6 +43,12 @@ pub fn router() -> Router<Arc<App>> {
             "/apps/{id}/users/{user}/terminate_connections",
             post(terminate),
         )
+        // pusher-http-python 3.3 leaves out the `/apps/{id}` prefix here;
+        // the app is the one whose key signed the request.
+        .route(
+            "/users/{user}/terminate_connections",
+            post(terminate_unprefixed),
+        )
 }
 
 /// A refusal: status, stable code (metrics) and Pusher-style text.
@@ -81,7 +87,7 @@ async fn verified(
         return Err(PusherHttpError(
             StatusCode::NOT_FOUND,
             "unknown_app",
-            format!("Unknown app_id {}", truncate(id)),
+            format!("Unknown app_id {}", protocol::truncate(id)),
         ));
     };
     let settings = &app.pusher.apps()[index];
@@ -195,7 +201,8 @@ fn trigger(app: &App, index: usize, ev: Event) -> Result<Value, PusherHttpError>
         ));
     }
     for c in &channels {
-        protocol::channel_kind(c).map_err(|why| bad(format!("{why}: {}", truncate(c))))?;
+        protocol::channel_kind(c)
+            .map_err(|why| bad(format!("{why}: {}", protocol::truncate(c))))?;
     }
     let mut info = Map::new();
     for c in &channels {
@@ -263,7 +270,8 @@ async fn batch_events(
             (Some(c), None) => c.clone(),
             _ => return Err(bad("Each batch event has one channel")),
         };
-        protocol::channel_kind(&one).map_err(|why| bad(format!("{why}: {}", truncate(&one))))?;
+        protocol::channel_kind(&one)
+            .map_err(|why| bad(format!("{why}: {}", protocol::truncate(&one))))?;
         let size = match &ev.data {
             Value::String(s) => s.len(),
             other => other.to_string().len(),
@@ -365,16 +373,36 @@ async fn terminate(
     req: Request,
 ) -> Result<axum::Json<Value>, PusherHttpError> {
     let (index, _, _) = verified(&app, &id, req).await?;
-    for conn in app.pusher.channels().user_sockets(index, &user) {
+    terminate_user(&app, index, &user)
+}
+
+async fn terminate_unprefixed(
+    State(app): State<Arc<App>>,
+    Path(user): Path<String>,
+    req: Request,
+) -> Result<axum::Json<Value>, PusherHttpError> {
+    let key = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "auth_key")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let id = app
+        .pusher
+        .apps()
+        .iter()
+        .find(|a| a.key == key)
+        .map(|a| a.id.clone())
+        .ok_or_else(|| unauthorized("Unknown auth_key"))?;
+    let (index, _, _) = verified(&app, &id, req).await?;
+    terminate_user(&app, index, &user)
+}
+
+fn terminate_user(
+    app: &App,
+    index: usize,
+    user: &str,
+) -> Result<axum::Json<Value>, PusherHttpError> {
+    for conn in app.pusher.channels().user_sockets(index, user) {
         conn.close(PusherCode::Unauthorized);
     }
     Ok(axum::Json(json!({})))
-}
-
-fn truncate(s: &str) -> &str {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -118,6 +118,15 @@ pub fn channel_kind(name: &str) -> Result<ChannelKind, &'static str> {
     })
 }
 
+/// At most 64 bytes of `s` (on a char boundary), for echoing input in errors.
+pub fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A user id as Pusher allows it (printable, bounded).
 pub fn is_user_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| (0x21..0x7f).contains(&b))

@@ -29,6 +29,8 @@ const READ_CHUNK: usize = 4096;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client events per second a socket may send (Pusher's limit).
 const CLIENT_EVENTS_PER_SEC: f32 = 10.0;
+/// Channels one socket may be subscribed to at once.
+const MAX_SUBSCRIPTIONS: usize = 100;
 
 /// How the socket ends.
 enum End {
@@ -47,6 +49,9 @@ struct Session<'a> {
     user: Option<Box<str>>,
     client_tokens: f32,
     refilled: Instant,
+    /// All messages: `ws.max_messages_per_sec`, burst `ws.message_burst`.
+    tokens: f32,
+    tokens_refilled: Instant,
 }
 
 pub async fn run(app: Arc<App>, index: usize, mut stream: TcpStream, early: Bytes) {
@@ -67,6 +72,8 @@ pub async fn run(app: Arc<App>, index: usize, mut stream: TcpStream, early: Byte
         user: None,
         client_tokens: CLIENT_EVENTS_PER_SEC,
         refilled: Instant::now(),
+        tokens: app.config.ws.message_burst as f32,
+        tokens_refilled: Instant::now(),
     };
     let established = json!({
         "socket_id": conn.socket_id,
@@ -206,6 +213,21 @@ impl Session<'_> {
     }
 
     fn on_text(&mut self, text: &str, out: &mut Vec<u8>) -> Option<End> {
+        let ws = &self.app.config.ws;
+        let now = Instant::now();
+        self.tokens = (self.tokens
+            + now.duration_since(self.tokens_refilled).as_secs_f32()
+                * ws.max_messages_per_sec as f32)
+            .min(ws.message_burst as f32);
+        self.tokens_refilled = now;
+        if self.tokens < 1.0 {
+            // Reconnect with backoff (4100-4199), not at once.
+            return Some(End::Close(
+                PusherCode::OverCapacity.code(),
+                "over the message rate",
+            ));
+        }
+        self.tokens -= 1.0;
         let Ok(msg) = serde_json::from_str::<Value>(text) else {
             out.extend(protocol::error_frame(None, "the message is not JSON"));
             return None;
@@ -229,7 +251,7 @@ impl Session<'_> {
             e if e.starts_with("client-") => self.client_event(e, &msg, out),
             _ => out.extend(protocol::error_frame(
                 None,
-                &format!("unsupported event {:?}", truncate(event)),
+                &format!("unsupported event {:?}", protocol::truncate(event)),
             )),
         }
         None
@@ -305,6 +327,9 @@ impl Session<'_> {
                 }
                 member = Some((id, cd.get("user_info").cloned().unwrap_or(json!({}))));
             }
+        }
+        if !self.subscribed.contains_key(name) && self.subscribed.len() >= MAX_SUBSCRIPTIONS {
+            return refuse(out, 429, "a socket may hold at most 100 subscriptions");
         }
         if kind == ChannelKind::User {
             // Delivered by sign-in (`Channels::publish`), not by subscription.
@@ -447,12 +472,4 @@ impl Session<'_> {
             self.app.pusher.channels().sign_out(&self.conn, &id);
         }
     }
-}
-
-fn truncate(s: &str) -> &str {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -33,5 +33,5 @@ try:
     pusher.Pusher(app_id=app_id, key=key, secret="not-the-secret-0000",
                   host=host, port=int(port), ssl=False).trigger("c", "e", {})
     out("wrong_secret", "accepted")
-except pusher.errors.PusherAuthError as e:
+except pusher.errors.PusherBadAuth as e:
     out("wrong_secret", "refused: " + str(e)[:80])

@@ -72,7 +72,9 @@ impl Kind {
             Kind::SloHub => "/v1/ws".into(),
             Kind::Ws | Kind::Uws => "/ws".into(),
             Kind::SocketIo => "/socket.io/?EIO=4&transport=websocket".into(),
-            Kind::Soketi | Kind::SloHubPusher => format!("/app/{PUSHER_KEY}?protocol=7&client=slo-bench&version=1.0"),
+            Kind::Soketi | Kind::SloHubPusher => {
+                format!("/app/{PUSHER_KEY}?protocol=7&client=slo-bench&version=1.0")
+            }
         }
     }
 
