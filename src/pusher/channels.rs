@@ -1,71 +1,163 @@
 //! Who is subscribed to what, per Pusher app: channels (with presence
 //! members) and signed-in users, and the sockets as publishers see them.
 //!
-//! A publisher never writes to a socket: it hands the frame to the socket's
-//! bounded outbox without waiting; a socket whose outbox is full is cut off
+//! A publisher writes a frame straight into the socket's kernel buffer,
+//! without waiting; a socket whose backlog passes its bound is cut off
 //! (4100, the client reconnects with backoff) rather than slowing the others.
 //!
 //! Must not: parse client input or check signatures (that is `socket`/`http`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 use super::protocol::{self, PusherCode};
 
-/// One socket, as channels and the HTTP API see it.
+/// One socket, as channels, the HTTP API and its own task see it. Frames
+/// are written straight into the kernel under `out`'s lock (so they never
+/// interleave); what the kernel does not take waits in `pending`, bounded
+/// by `limit`, for the socket task to flush. The lock is never held across
+/// an await.
 pub struct PConn {
     pub socket_id: Box<str>,
     pub app: usize,
-    outbox: mpsc::Sender<Bytes>,
-    stop: CancellationToken,
-    stop_code: AtomicU16,
+    pub stream: TcpStream,
+    out: Mutex<Outbox>,
+    limit: usize,
+}
+
+struct Outbox {
+    pending: Vec<u8>,
+    /// Set once: the socket task closes with this code (after `pending`,
+    /// except for 4100, whose backlog is dropped).
+    close: Option<PusherCode>,
+    waker: Option<Waker>,
+    woken: bool,
+}
+
+impl Outbox {
+    fn wake(&mut self) {
+        self.woken = true;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 impl PConn {
-    pub fn new(socket_id: String, app: usize, outbox: mpsc::Sender<Bytes>) -> PConn {
+    pub fn new(socket_id: String, app: usize, stream: TcpStream, limit: usize) -> PConn {
         PConn {
             socket_id: socket_id.into(),
             app,
-            outbox,
-            stop: CancellationToken::new(),
-            stop_code: AtomicU16::new(0),
+            stream,
+            out: Mutex::new(Outbox {
+                pending: Vec::new(),
+                close: None,
+                waker: None,
+                woken: false,
+            }),
+            limit,
         }
     }
 
-    /// Queues a frame; a full outbox cuts the socket off.
-    pub fn send(&self, frame: Bytes) -> bool {
-        match self.outbox.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(PusherCode::OverCapacity);
-                false
+    fn lock(&self) -> MutexGuard<'_, Outbox> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes a frame (or queues it behind earlier bytes); a backlog over
+    /// the limit cuts the socket off (4100).
+    pub fn send(&self, frame: &[u8]) -> bool {
+        let mut out = self.lock();
+        if out.close.is_some() {
+            return false;
+        }
+        if !out.pending.is_empty() {
+            if out.pending.len() + frame.len() > self.limit {
+                out.close = Some(PusherCode::OverCapacity);
+                out.pending = Vec::new();
+                out.wake();
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            out.pending.extend_from_slice(frame);
+            return true;
         }
+        let rest = match self.stream.try_write(frame) {
+            Ok(n) if n == frame.len() => return true,
+            Ok(n) => &frame[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => frame,
+            Err(_) => {
+                // The peer is gone; the socket task notices on its next read.
+                out.close = Some(PusherCode::Restart);
+                out.wake();
+                return false;
+            }
+        };
+        if rest.len() > self.limit {
+            out.close = Some(PusherCode::OverCapacity);
+        } else {
+            out.pending.extend_from_slice(rest);
+        }
+        out.wake();
+        true
     }
 
-    /// Asks the socket task to close (after what is queued) with `code`;
-    /// the first reason wins.
+    /// Asks the socket task to close with `code`; the first reason wins.
     pub fn close(&self, code: PusherCode) {
-        let _ =
-            self.stop_code
-                .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
-        self.stop.cancel();
+        let mut out = self.lock();
+        if out.close.is_none() {
+            out.close = Some(code);
+            if code == PusherCode::OverCapacity {
+                out.pending = Vec::new();
+            }
+        }
+        out.wake();
     }
 
-    pub fn stopped(&self) -> &CancellationToken {
-        &self.stop
+    /// Ready once someone wanted the socket task's attention; else parks it.
+    pub fn poll_woken(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut out = self.lock();
+        if out.woken {
+            out.woken = false;
+            return Poll::Ready(());
+        }
+        match &out.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => out.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
-    pub fn stop_code(&self) -> u16 {
-        self.stop_code.load(Ordering::Acquire)
+    /// (bytes waiting, close requested).
+    pub fn state(&self) -> (bool, Option<PusherCode>) {
+        let out = self.lock();
+        (!out.pending.is_empty(), out.close)
+    }
+
+    /// Writes what the kernel takes of `pending`; true if bytes remain.
+    pub fn flush(&self) -> io::Result<bool> {
+        let mut out = self.lock();
+        while !out.pending.is_empty() {
+            match self.stream.try_write(&out.pending) {
+                Ok(n) => {
+                    out.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        out.pending = Vec::new();
+        Ok(false)
+    }
+
+    /// The bytes still waiting, taken (at close); none for a 4100.
+    pub fn take_pending(&self) -> Vec<u8> {
+        let mut out = self.lock();
+        std::mem::take(&mut out.pending)
     }
 }
 
@@ -105,11 +197,10 @@ impl Channels {
                 entry.0 += 1;
                 if entry.0 == 1 {
                     let data = json!({ "user_id": id, "user_info": info }).to_string();
-                    let frame: Bytes =
-                        protocol::event_frame("pusher_internal:member_added", Some(name), &data)
-                            .into();
+                    let frame =
+                        protocol::event_frame("pusher_internal:member_added", Some(name), &data);
                     for other in ch.subs.iter().filter(|c| !Arc::ptr_eq(c, conn)) {
-                        other.send(frame.clone());
+                        other.send(&frame);
                     }
                 }
             }
@@ -144,11 +235,10 @@ impl Channels {
                 if gone {
                     ch.members.remove(id);
                     let data = json!({ "user_id": id }).to_string();
-                    let frame: Bytes =
-                        protocol::event_frame("pusher_internal:member_removed", Some(name), &data)
-                            .into();
+                    let frame =
+                        protocol::event_frame("pusher_internal:member_removed", Some(name), &data);
                     for other in &ch.subs {
-                        other.send(frame.clone());
+                        other.send(&frame);
                     }
                 }
             }
@@ -159,14 +249,14 @@ impl Channels {
     /// Sends `frame` to a channel's sockets but `except` (a socket id). A
     /// user channel reaches every socket signed in as that user, subscribed
     /// yet or not (pusher-js joins it only after `signin_success`).
-    pub fn publish(&self, app: usize, name: &str, frame: &Bytes, except: Option<&str>) -> usize {
+    pub fn publish(&self, app: usize, name: &str, frame: &[u8], except: Option<&str>) -> usize {
         if let Some(id) = name.strip_prefix(protocol::USER_CHANNEL_PREFIX) {
             let Some(conns) = self.users.get(&(app, id.into())) else {
                 return 0;
             };
             let mut sent = 0;
             for c in conns.iter().filter(|c| Some(&*c.socket_id) != except) {
-                sent += usize::from(c.send(frame.clone()));
+                sent += usize::from(c.send(frame));
             }
             return sent;
         }
@@ -175,7 +265,7 @@ impl Channels {
         };
         let mut sent = 0;
         for c in ch.subs.iter().filter(|c| Some(&*c.socket_id) != except) {
-            sent += usize::from(c.send(frame.clone()));
+            sent += usize::from(c.send(frame));
         }
         sent
     }

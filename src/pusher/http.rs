@@ -206,7 +206,7 @@ fn trigger(app: &App, index: usize, ev: Event) -> Result<Value, PusherHttpError>
     }
     let mut info = Map::new();
     for c in &channels {
-        let frame: Bytes = protocol::event_frame(&ev.name, Some(c), &data).into();
+        let frame = protocol::event_frame(&ev.name, Some(c), &data);
         app.pusher
             .channels()
             .publish(index, c, &frame, ev.socket_id.as_deref());

@@ -23,7 +23,6 @@ use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use axum::routing::get;
-use bytes::Bytes;
 use serde_json::json;
 use tokio::net::TcpStream;
 
@@ -82,8 +81,7 @@ impl Pusher {
             }
             let channel = format!("{}{sub}", protocol::USER_CHANNEL_PREFIX);
             let data = json!({ "slo": true, "reason": reason }).to_string();
-            let frame: Bytes =
-                protocol::event_frame(protocol::LOGOUT_EVENT, Some(&channel), &data).into();
+            let frame = protocol::event_frame(protocol::LOGOUT_EVENT, Some(&channel), &data);
             told += self.channels.publish(i, &channel, &frame, None);
             for conn in self.channels.user_sockets(i, sub) {
                 conn.close(PusherCode::Unauthorized);

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use super::channels::PConn;
 use super::protocol::{self, ChannelKind, PusherCode};
@@ -23,10 +21,7 @@ use crate::App;
 use crate::config::PusherAppSettings;
 use crate::ws::codec::{self, Decoder, Flow, Message, Role};
 
-/// Frames a socket may have queued before it is cut off (4100).
-const OUTBOX_FRAMES: usize = 1024;
 const READ_CHUNK: usize = 4096;
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client events per second a socket may send (Pusher's limit).
 const CLIENT_EVENTS_PER_SEC: f32 = 10.0;
 /// Channels one socket may be subscribed to at once.
@@ -54,7 +49,7 @@ struct Session<'a> {
     tokens_refilled: Instant,
 }
 
-pub async fn run(app: Arc<App>, index: usize, mut stream: TcpStream, early: Bytes) {
+pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
     app.metrics.sockets_opened.inc();
     let settings = &app.pusher.apps()[index];
     let socket_id = format!(
@@ -62,8 +57,12 @@ pub async fn run(app: Arc<App>, index: usize, mut stream: TcpStream, early: Byte
         u32::from_le_bytes(crate::util::random_bytes::<4>()) % 1_000_000_000,
         u32::from_le_bytes(crate::util::random_bytes::<4>()) % 1_000_000_000
     );
-    let (tx, mut rx) = mpsc::channel::<Bytes>(OUTBOX_FRAMES);
-    let conn = Arc::new(PConn::new(socket_id, index, tx));
+    let conn = Arc::new(PConn::new(
+        socket_id,
+        index,
+        stream,
+        app.config.ws.outbound_buffer_bytes,
+    ));
     let mut s = Session {
         app: &app,
         settings,
@@ -80,126 +79,118 @@ pub async fn run(app: Arc<App>, index: usize, mut stream: TcpStream, early: Byte
         "activity_timeout": settings.activity_timeout_secs,
     })
     .to_string();
-    let mut end = write(
-        &mut stream,
-        &protocol::event_frame("pusher:connection_established", None, &established),
-    )
-    .await
-    .err()
-    .map(|_| End::Gone);
+    conn.send(&protocol::event_frame(
+        "pusher:connection_established",
+        None,
+        &established,
+    ));
     let silence = Duration::from_secs(settings.activity_timeout_secs * 2);
     let mut last_seen = tokio::time::Instant::now();
     let mut decoder = Decoder::new(Role::Server, app.config.ws.max_message_bytes);
+    // `early` may be a slice of hyper's whole read buffer: copy the few
+    // bytes out and let that buffer go now, not when the socket ends.
     let mut buf = early.to_vec();
-    while end.is_none() {
-        // Handle what is buffered.
-        let mut replies: Vec<u8> = Vec::new();
+    drop(early);
+    let end = loop {
+        // Handle what is buffered; replies go out through the connection,
+        // in order with what publishers write.
         let mut stop = None;
-        let consumed = match decoder.decode(&mut buf, |m| {
-            stop = s.on_message(m, &mut replies);
+        let decoded = decoder.decode(&mut buf, |m| {
+            stop = s.on_message(m);
             if stop.is_some() {
                 Flow::Stop
             } else {
                 Flow::Continue
             }
-        }) {
+        });
+        let consumed = match decoded {
             Ok(n) => n,
-            Err(code) => {
-                end = Some(End::Close(code.code(), code.reason()));
-                break;
-            }
+            Err(code) => break End::Close(code.code(), code.reason()),
         };
         buf.drain(..consumed);
         if buf.is_empty() {
             buf = Vec::new();
         }
-        if !replies.is_empty() && write(&mut stream, &replies).await.is_err() {
-            end = Some(End::Gone);
-            break;
-        }
         if let Some(e) = stop {
-            end = Some(e);
-            break;
+            break e;
+        }
+        let (want_write, close) = conn.state();
+        if let Some(code) = close {
+            break End::Close(code.code(), close_reason(code));
         }
         tokio::select! {
             _ = app.shutdown.cancelled() => {
-                end = Some(End::Close(PusherCode::Restart.code(), "server restarting"));
+                break End::Close(PusherCode::Restart.code(), "server restarting");
             }
-            _ = conn.stopped().cancelled() => {
-                let code = conn.stop_code();
-                // An app's termination (or logout) follows the frames queued
-                // before it; a socket that could not keep up gets none.
-                if code != PusherCode::OverCapacity.code() {
-                    let mut rest = Vec::new();
-                    while let Ok(f) = rx.try_recv() {
-                        rest.extend_from_slice(&f);
-                    }
-                    let _ = write(&mut stream, &rest).await;
-                }
-                let reason = if code == PusherCode::Unauthorized.code() {
-                    "terminated"
-                } else {
-                    "over capacity"
-                };
-                end = Some(End::Close(code, reason));
-            }
-            Some(frame) = rx.recv() => {
-                if write(&mut stream, &frame).await.is_err() {
-                    end = Some(End::Gone);
+            _ = std::future::poll_fn(|cx| conn.poll_woken(cx)) => {}
+            r = conn.stream.writable(), if want_write => {
+                if r.is_err() || conn.flush().is_err() {
+                    break End::Gone;
                 }
             }
             _ = tokio::time::sleep_until(last_seen + silence) => {
-                end = Some(End::Close(PusherCode::PongNotReceived.code(), "pong reply not received"));
+                break End::Close(PusherCode::PongNotReceived.code(), "pong reply not received");
             }
-            r = stream.readable() => {
+            r = conn.stream.readable() => {
                 if r.is_err() {
-                    end = Some(End::Gone);
-                    continue;
+                    break End::Gone;
                 }
-                let start = buf.len();
-                buf.resize(start + READ_CHUNK, 0);
-                match stream.try_read(&mut buf[start..]) {
-                    Ok(0) => end = Some(End::Gone),
+                // Read on the stack; the heap holds only what is unparsed.
+                let mut chunk = [0u8; READ_CHUNK];
+                match conn.stream.try_read(&mut chunk) {
+                    Ok(0) => break End::Gone,
                     Ok(n) => {
-                        buf.truncate(start + n);
+                        buf.extend_from_slice(&chunk[..n]);
                         last_seen = tokio::time::Instant::now();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
-                    Err(_) => end = Some(End::Gone),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break End::Gone,
                 }
             }
         }
-    }
+    };
     s.leave_all();
     let frame = match end {
-        Some(End::Close(code, reason)) => {
+        End::Close(code, reason) => {
             app.metrics.ws_close(code);
-            Some(codec::close_frame(code, reason))
+            codec::close_frame(code, reason)
         }
-        Some(End::PeerClosed(Some(code))) => Some(codec::close_frame(code, "")),
-        Some(End::PeerClosed(None)) => {
+        End::PeerClosed(Some(code)) => codec::close_frame(code, ""),
+        End::PeerClosed(None) => {
             let mut f = Vec::new();
             codec::encode_frame(&mut f, codec::OP_CLOSE, &[], None);
-            Some(f)
+            f
         }
-        Some(End::Gone) | None => None,
+        End::Gone => return,
     };
-    if let Some(f) = frame {
-        let _ = write(&mut stream, &f).await;
-        let _ = stream.shutdown().await;
-    }
+    // What was queued before the close (a termination's or logout's
+    // `slo-event`) goes first; a 4100's backlog was dropped.
+    conn.close(PusherCode::Restart);
+    let mut bytes = conn.take_pending();
+    bytes.extend_from_slice(&frame);
+    let _ = crate::ws::close_stream(&conn.stream, bytes).await;
 }
 
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout")),
+fn close_reason(code: PusherCode) -> &'static str {
+    match code {
+        PusherCode::Unauthorized => "terminated",
+        PusherCode::OverCapacity => "over capacity",
+        _ => "closing",
     }
 }
 
 impl Session<'_> {
-    /// Handles one client message; replies go to `out`. `Some` ends the socket.
-    fn on_message(&mut self, m: Message<'_>, out: &mut Vec<u8>) -> Option<End> {
+    /// Handles one client message (replies are sent at once). `Some` ends the socket.
+    fn on_message(&mut self, m: Message<'_>) -> Option<End> {
+        let mut out = Vec::new();
+        let end = self.handle(m, &mut out);
+        if !out.is_empty() {
+            self.conn.send(&out);
+        }
+        end
+    }
+
+    fn handle(&mut self, m: Message<'_>, out: &mut Vec<u8>) -> Option<End> {
         match m {
             Message::Text(t) => self.on_text(t, out),
             Message::Binary(_) => Some(End::Close(1003, "binary frames are not supported")),
@@ -454,7 +445,7 @@ impl Session<'_> {
         if let Some(id) = member {
             v["user_id"] = Value::from(&**id);
         }
-        let frame: Bytes = codec::text_frame(&v.to_string()).into();
+        let frame = codec::text_frame(&v.to_string());
         self.app.pusher.channels().publish(
             self.conn.app,
             channel,

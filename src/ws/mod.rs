@@ -15,6 +15,8 @@ pub mod conn;
 pub mod protocol;
 mod socket;
 
+pub(crate) use socket::close_stream;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -722,7 +722,7 @@ fn record_exit(app: &App, exit: &Exit) {
 /// Writes the last bytes (ending in a close frame), half-closes, and waits
 /// briefly for the peer to finish, so browsers see our close code rather than
 /// a reset.
-async fn close_stream(stream: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
+pub(crate) async fn close_stream(stream: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
     let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
     write_all(stream, &bytes, deadline).await?;
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
