@@ -460,3 +460,34 @@ async fn pusher_js_in_chromium_receives_the_seed_samples_slo_event() {
     common::browser::screenshot(&b, "pusher-js-chromium-slo-event").await;
     b.close().await.unwrap();
 }
+
+/// A socket silent for twice the activity timeout is closed 4201 (the
+/// client reconnects at once); one over the message rate, 4100 (with backoff).
+#[tokio::test]
+async fn silence_closes_4201_and_a_message_flood_4100() {
+    let hub = TestHub::with(|c| {
+        pusher_app(c);
+        c.pusher_apps[0].activity_timeout_secs = 1;
+        c.ws.max_messages_per_sec = 5;
+        c.ws.message_burst = 5;
+    })
+    .await;
+    let (mut quiet, _) = raw_socket(&hub).await;
+    assert_eq!(quiet.close_code().await, Some(4201));
+
+    let (mut flood, _) = raw_socket(&hub).await;
+    for _ in 0..10 {
+        flood
+            .send_json(json!({"event": "pusher:ping", "data": {}}))
+            .await;
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match flood.next().await {
+            common::Seen::Json(v) if v["event"] == "pusher:pong" => pongs += 1,
+            common::Seen::Close(code) => break code,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((pongs, code), (5, Some(4100)));
+}
