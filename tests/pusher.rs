@@ -491,3 +491,53 @@ async fn silence_closes_4201_and_a_message_flood_4100() {
     };
     assert_eq!((pongs, code), (5, Some(4100)));
 }
+
+/// Pusher's presence limits: 100 members per channel (a 101st user is
+/// refused; a member's second socket still joins) and 1 KB of user_info.
+#[tokio::test]
+async fn presence_channels_hold_100_members_with_at_most_1_kb_of_info_each() {
+    let hub = TestHub::with(pusher_app).await;
+    let join = |socket_id: &str, user: &str, info: Value| {
+        let channel_data = json!({"user_id": user, "user_info": info}).to_string();
+        json!({"event": "pusher:subscribe", "data": {
+            "channel": "presence-big",
+            "auth": auth(&format!("{socket_id}:presence-big:{channel_data}")),
+            "channel_data": channel_data,
+        }})
+    };
+    let mut sockets = Vec::new();
+    for i in 0..100 {
+        let (mut ws, id) = raw_socket(&hub).await;
+        ws.send_json(join(&id, &format!("u{i}"), json!({}))).await;
+        let ok = ws.recv_json().await;
+        assert_eq!(
+            ok["event"], "pusher_internal:subscription_succeeded",
+            "{i}: {ok}"
+        );
+        sockets.push(ws);
+    }
+    let (mut extra, id) = raw_socket(&hub).await;
+    extra.send_json(join(&id, "u100", json!({}))).await;
+    let refused = extra.recv_json().await;
+    assert_eq!(
+        (&refused["event"], &refused["data"]["status"]),
+        (&json!("pusher:subscription_error"), &json!(403)),
+        "{refused}"
+    );
+    // An existing member's second socket is not a new member.
+    extra.send_json(join(&id, "u7", json!({}))).await;
+    assert_eq!(
+        extra.recv_json().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(
+        hub.app().pusher.channels().info(0, "presence-big"),
+        Some((101, 100))
+    );
+
+    let (mut big, id) = raw_socket(&hub).await;
+    big.send_json(join(&id, "u7", json!({"bio": "x".repeat(1100)})))
+        .await;
+    let refused = big.recv_json().await;
+    assert_eq!(refused["data"]["status"], 413, "{refused}");
+}

@@ -183,13 +183,23 @@ pub struct Channels {
 impl Channels {
     /// Adds `conn` to a channel (idempotent); for presence, as `member`
     /// (user id, user info), telling the others if the user is new there.
+    /// `None` if the presence channel already has its maximum of members.
     pub fn subscribe(
         &self,
         conn: &Arc<PConn>,
         name: &str,
         member: Option<(&str, Value)>,
-    ) -> Subscribed {
+    ) -> Option<Subscribed> {
         let mut ch = self.channels.entry((conn.app, name.into())).or_default();
+        if let Some((id, _)) = &member {
+            let full = ch.members.len() >= protocol::MAX_PRESENCE_MEMBERS;
+            if full && !ch.members.contains_key(*id) {
+                drop(ch);
+                self.channels
+                    .remove_if(&(conn.app, name.into()), |_, ch| ch.subs.is_empty());
+                return None;
+            }
+        }
         if !ch.subs.iter().any(|c| Arc::ptr_eq(c, conn)) {
             ch.subs.push(conn.clone());
             if let Some((id, info)) = &member {
@@ -214,7 +224,7 @@ impl Channels {
                 .collect();
             json!({ "presence": { "ids": ids, "hash": hash, "count": ch.members.len() } })
         });
-        Subscribed { presence }
+        Some(Subscribed { presence })
     }
 
     /// Removes `conn` from a channel; for presence (`member` = its user id),

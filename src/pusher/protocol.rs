@@ -16,6 +16,10 @@ pub const PROTOCOL: u32 = 7;
 pub const MAX_CHANNEL_NAME: usize = 200;
 /// Longest event name.
 pub const MAX_EVENT_NAME: usize = 200;
+/// Members of one presence channel, and the size of one member's
+/// `user_info` (Pusher's limits).
+pub const MAX_PRESENCE_MEMBERS: usize = 100;
+pub const MAX_USER_INFO_BYTES: usize = 1024;
 /// Prefix of the channel a signed-in user's sockets receive server events on.
 pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
 /// The event the hub's logout bridge sends (the seed article's name).

@@ -316,7 +316,11 @@ impl Session<'_> {
                 if !protocol::is_user_id(&id) {
                     return refuse(out, 400, "invalid user_id");
                 }
-                member = Some((id, cd.get("user_info").cloned().unwrap_or(json!({}))));
+                let info = cd.get("user_info").cloned().unwrap_or(json!({}));
+                if info.to_string().len() > protocol::MAX_USER_INFO_BYTES {
+                    return refuse(out, 413, "user_info is larger than 1 KB");
+                }
+                member = Some((id, info));
             }
         }
         if !self.subscribed.contains_key(name) && self.subscribed.len() >= MAX_SUBSCRIPTIONS {
@@ -338,6 +342,13 @@ impl Session<'_> {
                 .as_ref()
                 .map(|(id, info)| (id.as_str(), info.clone())),
         );
+        let Some(subscribed) = subscribed else {
+            return refuse(
+                out,
+                403,
+                "the presence channel has its maximum of 100 members",
+            );
+        };
         // A repeated subscribe is answered again; it keeps its first identity.
         self.subscribed
             .entry(name.into())
