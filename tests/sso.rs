@@ -620,6 +620,26 @@ async fn redirect_uri_and_client_are_checked_before_any_redirect() {
         assert!(r.location.is_none(), "never a redirect: {r:?}");
         assert!(r.body.contains("not valid"), "{}", r.body);
     }
+    // RFC 6749 §3.1: a parameter given twice (here a second redirect_uri
+    // that would win in a last-wins parser) is refused, not redirected.
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("client_id", "web"),
+            ("redirect_uri", CB),
+            ("response_type", "code"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("redirect_uri", "https://evil.test/cb"),
+        ])
+        .finish();
+    let r = client_from(None)
+        .get(format!("{}/authorize?{query}", sso.hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    assert!(r.text().await.unwrap().contains("given twice"));
 }
 
 #[tokio::test]

@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 
 use super::no_store;
 use crate::App;
+use crate::config::ClientSettings;
 use crate::error::OAuthError;
 use crate::registry::{SessionKey, UserKey};
 use crate::sessions::{AuthorizeRequest, Authorized, Minted, SessionError, WebGrant};
@@ -379,7 +380,9 @@ fn cookie_at(app: &App, path: &str, name: &str, value: &str, max_age: u64) -> He
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn redirect(to: &str, params: &[(&str, &str)]) -> Response {
+/// `to` with `params` appended as a query (RFC 6749 §4.1.2): the
+/// registered URI, then only encoded parameters.
+pub fn redirect_location(to: &str, params: &[(&str, &str)]) -> String {
     let mut url = to.to_string();
     let mut ser = form_urlencoded::Serializer::new(String::new());
     for (k, v) in params {
@@ -387,6 +390,11 @@ fn redirect(to: &str, params: &[(&str, &str)]) -> Response {
     }
     url.push(if to.contains('?') { '&' } else { '?' });
     url.push_str(&ser.finish());
+    url
+}
+
+fn redirect(to: &str, params: &[(&str, &str)]) -> Response {
+    let url = redirect_location(to, params);
     let mut resp = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(&url) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -394,37 +402,63 @@ fn redirect(to: &str, params: &[(&str, &str)]) -> Response {
     no_store(resp)
 }
 
-async fn authorize(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    let q: HashMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+/// What `/authorize`'s query says, checked against the registered clients
+/// before anything else happens (pure, so it is fuzzed on its own).
+#[derive(Debug)]
+pub enum AuthorizeCheck {
+    /// Nowhere safe to redirect to: answer an error page.
+    Page(&'static str),
+    /// Back to the registered redirect URI with an error.
+    Fail {
+        redirect_uri: String,
+        state: String,
+        error: &'static str,
+        description: &'static str,
+    },
+    Proceed(AuthorizeParams),
+}
+
+#[derive(Debug)]
+pub struct AuthorizeParams {
+    pub client: Arc<ClientSettings>,
+    pub redirect_uri: String,
+    pub state: String,
+    pub code_challenge: String,
+    /// The transfer token, when it came as a query parameter.
+    pub transfer_token: Option<String>,
+}
+
+/// Checks the query of `/authorize` (RFC 6749 §4.1.1 with PKCE S256).
+/// A parameter given twice is refused (§3.1), before any redirect.
+pub fn check_authorize(
+    query: &str,
+    client_by_id: impl Fn(&str) -> Option<Arc<ClientSettings>>,
+) -> AuthorizeCheck {
+    let mut q: HashMap<String, String> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if q.insert(k.into_owned(), v.into_owned()).is_some() {
+            return AuthorizeCheck::Page("a parameter is given twice");
+        }
+    }
     let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let Some(client) = get("client_id")
-        .and_then(|c| app.sessions.client(c))
-        .cloned()
-    else {
-        return error_page("unknown client_id");
+    let Some(client) = get("client_id").and_then(&client_by_id) else {
+        return AuthorizeCheck::Page("unknown client_id");
     };
     if client.kind != crate::config::ClientKind::Web {
-        return error_page("client_id is not a web client");
+        return AuthorizeCheck::Page("client_id is not a web client");
     }
-    let Some(redirect_uri) =
-        get("redirect_uri").filter(|r| client.redirect_uris.iter().any(|u| u == r))
+    let Some(redirect_uri) = get("redirect_uri")
+        .filter(|r| client.redirect_uris.iter().any(|u| u == r))
+        .map(str::to_string)
     else {
-        return error_page("redirect_uri is not registered for this client");
+        return AuthorizeCheck::Page("redirect_uri is not registered for this client");
     };
-    let state = get("state").unwrap_or("");
-    let fail = |error: &str, description: &str| {
-        let mut params = vec![("error", error), ("error_description", description)];
-        if !state.is_empty() {
-            params.push(("state", state));
-        }
-        redirect(redirect_uri, &params)
+    let state = get("state").unwrap_or("").to_string();
+    let fail = |error: &'static str, description: &'static str| AuthorizeCheck::Fail {
+        redirect_uri: redirect_uri.clone(),
+        state: state.clone(),
+        error,
+        description,
     };
     if get("response_type") != Some("code") {
         return fail("unsupported_response_type", "response_type must be code");
@@ -450,6 +484,60 @@ async fn authorize(
             "this client does not accept session_transfer_token as a query parameter",
         );
     }
+    AuthorizeCheck::Proceed(AuthorizeParams {
+        code_challenge: challenge.to_string(),
+        transfer_token: by_query.map(str::to_string),
+        client,
+        redirect_uri,
+        state,
+    })
+}
+
+async fn authorize(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let checked = check_authorize(uri.query().unwrap_or(""), |id| {
+        app.sessions.client(id).cloned()
+    });
+    let params = match checked {
+        AuthorizeCheck::Page(why) => return error_page(why),
+        AuthorizeCheck::Fail {
+            redirect_uri,
+            state,
+            error,
+            description,
+        } => {
+            let mut params = vec![("error", error), ("error_description", description)];
+            if !state.is_empty() {
+                params.push(("state", state.as_str()));
+            }
+            return redirect(&redirect_uri, &params);
+        }
+        AuthorizeCheck::Proceed(p) => p,
+    };
+    let AuthorizeParams {
+        client,
+        redirect_uri,
+        state,
+        code_challenge,
+        transfer_token: by_query,
+    } = params;
+    let (redirect_uri, state, challenge) = (
+        redirect_uri.as_str(),
+        state.as_str(),
+        code_challenge.as_str(),
+    );
+    let fail = |error: &str, description: &str| {
+        let mut params = vec![("error", error), ("error_description", description)];
+        if !state.is_empty() {
+            params.push(("state", state));
+        }
+        redirect(redirect_uri, &params)
+    };
+    use crate::config::AuthMethod;
     let by_cookie = cookie(&headers, STT_COOKIE)
         .filter(|_| {
             client
@@ -457,7 +545,7 @@ async fn authorize(
                 .contains(&AuthMethod::Cookie)
         })
         .filter(|v| !v.is_empty());
-    let transfer_token = by_query.map(str::to_string).or(by_cookie.clone());
+    let transfer_token = by_query.or(by_cookie.clone());
     let session_cookie = cookie(&headers, SESSION_COOKIE);
     let decided = app
         .sessions

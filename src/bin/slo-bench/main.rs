@@ -19,6 +19,7 @@
 //! ratios) and `.svg`.
 
 mod cluster;
+mod floods;
 mod http;
 mod proto;
 mod report;
@@ -83,6 +84,10 @@ pub struct Opts {
     /// one node versus this many nodes sharing a Redis (needs redis-server).
     #[arg(long)]
     cluster_nodes: Option<usize>,
+    /// Instead of the comparison: slo-hub under floods (slow consumers,
+    /// an upgrade flood from one address, slowloris); see `floods.rs`.
+    #[arg(long)]
+    floods: bool,
     /// First port to use.
     #[arg(long, default_value_t = 9100)]
     pub port: u16,
@@ -144,6 +149,11 @@ fn main() {
     if let Some(n) = opts.cluster_nodes {
         let tokens = tokens.expect("the cluster phase runs slo-hub");
         cluster::run(&opts, env, &rt, &tokens.hs256, n);
+        return;
+    }
+    if opts.floods {
+        let tokens = tokens.expect("the flood phase runs slo-hub");
+        floods::run(&opts, env, &rt, &tokens.hs256);
         return;
     }
     let mut results = Vec::new();

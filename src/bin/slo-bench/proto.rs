@@ -208,7 +208,31 @@ pub struct Socket {
 
 /// Opens a socket and subscribes it to `user` (slo-hub: authenticates with `token`).
 pub async fn connect(kind: Kind, addr: SocketAddr, user: &str, token: &str) -> io::Result<Socket> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
+    handshake(kind, addr, stream, user, token).await
+}
+
+/// [`connect`] from a chosen local (loopback) address.
+pub async fn connect_from(
+    kind: Kind,
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    user: &str,
+    token: &str,
+) -> io::Result<Socket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(addr).await?;
+    handshake(kind, addr, stream, user, token).await
+}
+
+async fn handshake(
+    kind: Kind,
+    addr: SocketAddr,
+    mut stream: TcpStream,
+    user: &str,
+    token: &str,
+) -> io::Result<Socket> {
     stream.set_nodelay(true)?;
     let req = format!(
         "GET {} HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\

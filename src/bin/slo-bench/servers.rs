@@ -107,13 +107,7 @@ impl Server {
 
     /// Resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        rss_kib_of(self.pid())
     }
 
     /// CPU time of all the process's threads, in nanoseconds (schedstat has
@@ -184,14 +178,7 @@ store = "{store}"
 [dev]
 issuer = true
 
-[limits]
-max_connections = 1000000
-max_connections_per_ip = 1000000
-connects_per_ip_per_sec = 1000000
-connect_burst = 1000000
-user_triggers_per_sec = 1000
-user_trigger_burst = 1000
-
+{limits}
 [[issuers]]
 issuer = "{HS256_ISS}"
 audiences = ["{AUD}"]
@@ -217,11 +204,27 @@ secret = "{PUSHER_SECRET}"
 "#,
         data = data.display(),
         store = env.hub_store,
+        // Lifted for the benchmark, unless the extra settings bring their own.
+        limits = if env.hub_extra.contains("[limits]") {
+            ""
+        } else {
+            "[limits]\nmax_connections = 1000000\nmax_connections_per_ip = 1000000\nconnects_per_ip_per_sec = 1000000\nconnect_burst = 1000000\nuser_triggers_per_sec = 1000\nuser_trigger_burst = 1000\n"
+        },
         extra = env.hub_extra,
     );
     let path = env.work.join(format!("hub-{port}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Resident set size of process `pid` in KiB (0 if it is gone).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A redis-server for the cluster phase, pinned like the hubs.
