@@ -46,7 +46,7 @@ pub fn run(opts: &Opts, mut env: Env, rt: &tokio::runtime::Runtime, tokens: &[St
 
     // 1. Slow consumers.
     env.hub_extra = format!(
-        "[ws]\noutbound_buffer_bytes = {OUTBOUND_LIMIT}\nmax_messages_per_sec = 1000000\nmessage_burst = 1000000\n"
+        "[ws]\noutbound_buffer_bytes = {OUTBOUND_LIMIT}\nmax_messages_per_sec = 100000\nmessage_burst = 100000\n"
     );
     port += 1;
     let hub = Server::start(Kind::SloHub, port, &env).expect("hub starts");
