@@ -367,6 +367,16 @@ async fn protocol_violations_close_with_documented_codes() {
     ws.send(Message::binary(vec![1, 2, 3])).await;
     assert_eq!(ws.close_code().await, Some(1003));
 
+    // Invalid UTF-8 in a text message: 1007 (a raw client; tungstenite
+    // would not send it).
+    let mut raw = RawClient::connect(&hub.url).await;
+    raw.send_text(&json!({"type": "auth", "token": token}).to_string())
+        .await;
+    raw.write(&RawClient::frame(0x1, &[b'{', 0xff, 0xfe, b'}']))
+        .await
+        .unwrap();
+    assert_eq!(raw.read_until_close().await, Some(1007));
+
     // Over the size limit: 1009.
     let (mut ws, _) = hub.socket(&token).await;
     ws.send(Message::text("x".repeat(20_000))).await;

@@ -3,13 +3,7 @@
 //! from the form is never empty.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use slo_hub::auth::jwt;
-use slo_hub::http::backchannel::logout_token_from_form;
+#[path = "../checks.rs"]
+mod checks;
 
-fuzz_target!(|body: &[u8]| {
-    if let Ok(token) = logout_token_from_form(body) {
-        assert!(!token.is_empty());
-        let _ = jwt::inspect(&token);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::logout_form(data));
