@@ -124,11 +124,6 @@ impl Notifier {
                 .spawn(async move { inner.deliver(&uri, &ended, slot).await });
         }
     }
-
-    /// Notifications waiting or in flight.
-    pub fn pending(&self) -> usize {
-        self.inner.settings.queue_size - self.inner.queued.available_permits()
-    }
 }
 
 impl Inner {
