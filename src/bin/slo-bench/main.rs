@@ -102,6 +102,8 @@ pub struct Rep {
     pub lat_p99_us: f64,
     pub sat_triggers_per_s: f64,
     pub sat_p99_ms: f64,
+    /// Saturated phase: server CPU time per trigger.
+    pub sat_cpu_us_per_trigger: f64,
     pub bcast_cpu_us_per_delivery: f64,
     pub bcast_ms: f64,
     pub hs256_triggers_per_s: Option<f64>,
@@ -286,6 +288,7 @@ async fn run_rep(
     // 3. Saturated: the remaining users, `concurrency` in flight.
     let next = Arc::new(AtomicUsize::new(lat_users));
     let users = Arc::new(users);
+    let cpu0 = server.cpu_ns();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency {
@@ -318,7 +321,9 @@ async fn run_rep(
         r.missed += m;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    r.sat_triggers_per_s = (users.len() - lat_users) as f64 / elapsed;
+    let triggers = (users.len() - lat_users) as f64;
+    r.sat_triggers_per_s = triggers / elapsed;
+    r.sat_cpu_us_per_trigger = (server.cpu_ns() - cpu0) as f64 / 1000.0 / triggers;
     r.sat_p99_ms = percentile(&mut sat, 0.99) / 1000.0;
     for h in readers {
         h.abort();

@@ -31,6 +31,7 @@ impl ServerResult {
             lat_p99_us: med(|r| r.lat_p99_us),
             sat_triggers_per_s: med(|r| r.sat_triggers_per_s),
             sat_p99_ms: med(|r| r.sat_p99_ms),
+            sat_cpu_us_per_trigger: med(|r| r.sat_cpu_us_per_trigger),
             bcast_cpu_us_per_delivery: med(|r| r.bcast_cpu_us_per_delivery),
             bcast_ms: med(|r| r.bcast_ms),
             hs256_triggers_per_s: med_opt(|r| r.hs256_triggers_per_s),
@@ -93,6 +94,12 @@ const FIGURES: &[Figure] = &[
         get: |r| r.sat_p99_ms,
         lower_is_better: true,
         digits: 2,
+    },
+    Figure {
+        title: "server CPU µs per trigger, 64 in flight",
+        get: |r| r.sat_cpu_us_per_trigger,
+        lower_is_better: true,
+        digits: 1,
     },
     Figure {
         title: "CPU µs per delivery (broadcast)",
@@ -199,7 +206,11 @@ fn markdown(results: &[ServerResult], command: &str, machine: &serde_json::Value
         let _ = writeln!(s);
     }
     let hubs: Vec<&ServerResult> = results.iter().filter(|r| r.name == "slo-hub").collect();
-    let peers: Vec<&ServerResult> = results.iter().filter(|r| r.name != "slo-hub").collect();
+    // slo-hub on the Pusher protocol is slo-hub, not a peer.
+    let peers: Vec<&ServerResult> = results
+        .iter()
+        .filter(|r| !r.name.starts_with("slo-hub"))
+        .collect();
     if let (Some(hub), false) = (hubs.first(), peers.is_empty()) {
         let _ = write!(s, "| **slo-hub / best peer** |");
         for f in FIGURES {
