@@ -344,3 +344,18 @@ fn a_back_channel_jti_stays_used_across_a_kill_9() {
     );
     assert_eq!(hub.terminate().0, 0);
 }
+
+/// README's first command is `cargo run --release`: with the benchmark in
+/// `src/bin`, cargo needs `default-run` to know that it means the hub.
+#[test]
+fn cargo_run_means_the_hub() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let package = manifest.split("\n[").next().unwrap();
+    assert!(
+        package
+            .lines()
+            .any(|l| l.trim() == r#"default-run = "slo-hub""#),
+        "[package] needs default-run = \"slo-hub\""
+    );
+}
