@@ -325,6 +325,8 @@ async fn run_rep(
     r.sat_triggers_per_s = triggers / elapsed;
     r.sat_cpu_us_per_trigger = (server.cpu_ns() - cpu0) as f64 / 1000.0 / triggers;
     r.sat_p99_ms = percentile(&mut sat, 0.99) / 1000.0;
+    // (bench/profile-saturated.sh stops sampling here, before the teardown.)
+    eprintln!("   saturated: done");
     for h in readers {
         h.abort();
     }
