@@ -10,19 +10,20 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use dashmap::DashMap;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use super::protocol::{self, PusherCode};
+use crate::ws::conn::{Backlog, Wrote};
 
 /// One socket, as channels, the HTTP API and its own task see it. Frames
 /// are written straight into the kernel under `out`'s lock (so they never
-/// interleave); what the kernel does not take waits in `pending`, bounded
-/// by `limit`, for the socket task to flush. The lock is never held across
-/// an await.
+/// interleave) through the same [`Backlog`] as `/v1/ws` sockets: what the
+/// kernel does not take waits, bounded by `limit`, for the socket task to
+/// flush. The lock is never held across an await.
 pub struct PConn {
     pub socket_id: Box<str>,
     pub app: usize,
@@ -32,21 +33,10 @@ pub struct PConn {
 }
 
 struct Outbox {
-    pending: Vec<u8>,
-    /// Set once: the socket task closes with this code (after `pending`,
+    backlog: Backlog,
+    /// Set once: the socket task closes with this code (after the backlog,
     /// except for 4100, whose backlog is dropped).
     close: Option<PusherCode>,
-    waker: Option<Waker>,
-    woken: bool,
-}
-
-impl Outbox {
-    fn wake(&mut self) {
-        self.woken = true;
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
 }
 
 impl PConn {
@@ -56,10 +46,8 @@ impl PConn {
             app,
             stream,
             out: Mutex::new(Outbox {
-                pending: Vec::new(),
+                backlog: Backlog::default(),
                 close: None,
-                waker: None,
-                woken: false,
             }),
             limit,
         }
@@ -76,34 +64,17 @@ impl PConn {
         if out.close.is_some() {
             return false;
         }
-        if !out.pending.is_empty() {
-            if out.pending.len() + frame.len() > self.limit {
+        match out.backlog.write(&self.stream, frame, self.limit) {
+            Wrote::Yes => true,
+            Wrote::OverLimit => {
                 out.close = Some(PusherCode::OverCapacity);
-                out.pending = Vec::new();
-                out.wake();
-                return false;
+                false
             }
-            out.pending.extend_from_slice(frame);
-            return true;
-        }
-        let rest = match self.stream.try_write(frame) {
-            Ok(n) if n == frame.len() => return true,
-            Ok(n) => &frame[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => frame,
-            Err(_) => {
-                // The peer is gone; the socket task notices on its next read.
+            Wrote::Broken => {
                 out.close = Some(PusherCode::Restart);
-                out.wake();
-                return false;
+                false
             }
-        };
-        if rest.len() > self.limit {
-            out.close = Some(PusherCode::OverCapacity);
-        } else {
-            out.pending.extend_from_slice(rest);
         }
-        out.wake();
-        true
     }
 
     /// Asks the socket task to close with `code`; the first reason wins.
@@ -112,52 +83,31 @@ impl PConn {
         if out.close.is_none() {
             out.close = Some(code);
             if code == PusherCode::OverCapacity {
-                out.pending = Vec::new();
+                out.backlog.drop_pending();
             }
         }
-        out.wake();
+        out.backlog.wake();
     }
 
     /// Ready once someone wanted the socket task's attention; else parks it.
     pub fn poll_woken(&self, cx: &Context<'_>) -> Poll<()> {
-        let mut out = self.lock();
-        if out.woken {
-            out.woken = false;
-            return Poll::Ready(());
-        }
-        match &out.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => out.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        self.lock().backlog.poll_woken(cx)
     }
 
     /// (bytes waiting, close requested).
     pub fn state(&self) -> (bool, Option<PusherCode>) {
         let out = self.lock();
-        (!out.pending.is_empty(), out.close)
+        (out.backlog.has_pending(), out.close)
     }
 
-    /// Writes what the kernel takes of `pending`; true if bytes remain.
+    /// Writes what the kernel takes of the backlog; true if bytes remain.
     pub fn flush(&self) -> io::Result<bool> {
-        let mut out = self.lock();
-        while !out.pending.is_empty() {
-            match self.stream.try_write(&out.pending) {
-                Ok(n) => {
-                    out.pending.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Err(e) => return Err(e),
-            }
-        }
-        out.pending = Vec::new();
-        Ok(false)
+        self.lock().backlog.flush(&self.stream)
     }
 
     /// The bytes still waiting, taken (at close); none for a 4100.
     pub fn take_pending(&self) -> Vec<u8> {
-        let mut out = self.lock();
-        std::mem::take(&mut out.pending)
+        self.lock().backlog.take()
     }
 }
 

@@ -45,21 +45,36 @@ pub enum State {
     Closing(CloseCode),
 }
 
-pub struct Outbox {
+/// What publishers write through, shared by every socket kind (`/v1/ws`
+/// and Pusher's): bytes the kernel has not taken yet, and the parked socket
+/// task. Always used under its owner's lock.
+#[derive(Default)]
+pub struct Backlog {
     /// Bytes accepted for this socket but not yet taken by the kernel.
-    pub pending: Vec<u8>,
-    pub state: State,
-    /// The socket task, parked; woken when `pending` or `state` changes.
-    /// (A waker under the lock the writer takes anyway is 16 bytes; a
-    /// `Notify` plus its future in the task would be ten times that.)
+    pending: Vec<u8>,
+    /// The socket task, parked; woken when `pending` or its owner's state
+    /// changes. (A waker under the lock the writer takes anyway is 16 bytes;
+    /// a `Notify` plus its future in the task would be ten times that.)
     waker: Option<Waker>,
     /// A wake-up happened that the task has not seen yet.
     woken: bool,
 }
 
-impl Outbox {
+/// What became of a frame handed to [`Backlog::write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// Written to the kernel or queued behind earlier bytes.
+    Yes,
+    /// The backlog would pass its limit: what waited is dropped, and the
+    /// owner cuts the socket off.
+    OverLimit,
+    /// The connection is broken.
+    Broken,
+}
+
+impl Backlog {
     /// Marks the socket task as woken and wakes it.
-    fn wake(&mut self) {
+    pub fn wake(&mut self) {
         self.woken = true;
         if let Some(w) = self.waker.take() {
             w.wake();
@@ -73,6 +88,97 @@ impl Outbox {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => self.waker = Some(cx.waker().clone()),
         }
+    }
+
+    /// Ready once someone wanted the socket task's attention since the last
+    /// call; otherwise parks the task.
+    pub fn poll_woken(&mut self, cx: &Context<'_>) -> Poll<()> {
+        if self.woken {
+            self.woken = false;
+            Poll::Ready(())
+        } else {
+            self.park(cx);
+            Poll::Pending
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes `frame` straight into the kernel when nothing waits, else
+    /// queues it behind the rest, up to `limit` bytes waiting. The task is
+    /// woken whenever it has something to do (bytes to flush, a cut-off).
+    pub fn write(&mut self, stream: &TcpStream, frame: &[u8], limit: usize) -> Wrote {
+        if !self.pending.is_empty() {
+            if self.pending.len() + frame.len() > limit {
+                self.drop_pending();
+                self.wake();
+                return Wrote::OverLimit;
+            }
+            // The task already waits for writability.
+            self.pending.extend_from_slice(frame);
+            return Wrote::Yes;
+        }
+        let rest = match stream.try_write(frame) {
+            Ok(n) if n == frame.len() => return Wrote::Yes,
+            Ok(n) => &frame[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => frame,
+            Err(_) => {
+                // The peer is gone; the socket task notices on its next read.
+                self.wake();
+                return Wrote::Broken;
+            }
+        };
+        self.wake();
+        if rest.len() > limit {
+            return Wrote::OverLimit;
+        }
+        self.pending.extend_from_slice(rest);
+        Wrote::Yes
+    }
+
+    /// Writes as much of `pending` as the kernel takes. Returns whether
+    /// bytes remain.
+    pub fn flush(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        while !self.pending.is_empty() {
+            match stream.try_write(&self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        self.drop_pending();
+        Ok(false)
+    }
+
+    /// The bytes still waiting, taken.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Frees the pending buffer's memory, not just its contents: an idle
+    /// socket should own no buffer.
+    pub fn drop_pending(&mut self) {
+        self.pending = Vec::new();
+    }
+}
+
+pub struct Outbox {
+    pub backlog: Backlog,
+    pub state: State,
+}
+
+impl Outbox {
+    fn wake(&mut self) {
+        self.backlog.wake();
+    }
+
+    /// Parks the socket task.
+    pub fn park(&mut self, cx: &Context<'_>) {
+        self.backlog.park(cx);
     }
 }
 
@@ -120,10 +226,8 @@ impl Conn {
             id,
             stream,
             out: Mutex::new(Outbox {
-                pending: Vec::new(),
+                backlog: Backlog::default(),
                 state: State::Open,
-                waker: None,
-                woken: false,
             }),
             user,
             session,
@@ -145,14 +249,7 @@ impl Conn {
     /// Ready once a publisher or the hub wanted the socket task's attention
     /// since the last call; otherwise parks the task.
     pub fn poll_woken(&self, cx: &Context<'_>) -> Poll<()> {
-        let mut out = self.lock();
-        if out.woken {
-            out.woken = false;
-            Poll::Ready(())
-        } else {
-            out.park(cx);
-            Poll::Pending
-        }
+        self.lock().backlog.poll_woken(cx)
     }
 
     /// Sends a frame if the socket is open (or logged out: pongs still flow).
@@ -209,76 +306,35 @@ impl Conn {
     }
 
     fn write_locked(&self, out: &mut Outbox, frame: &[u8]) -> Sent {
-        if !out.pending.is_empty() {
-            if out.pending.len() + frame.len() > self.out_limit as usize {
+        match out
+            .backlog
+            .write(&self.stream, frame, self.out_limit as usize)
+        {
+            Wrote::Yes => Sent::Yes,
+            Wrote::OverLimit => {
                 out.state = State::Closing(CloseCode::SlowConsumer);
-                drop_pending(out);
-                out.wake();
-                return Sent::No;
+                Sent::No
             }
-            out.pending.extend_from_slice(frame);
-            return Sent::Yes;
-        }
-        match self.stream.try_write(frame) {
-            Ok(n) if n == frame.len() => Sent::Yes,
-            Ok(n) => {
-                self.queue(out, &frame[n..]);
-                Sent::Yes
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.queue(out, frame);
-                Sent::Yes
-            }
-            Err(_) => {
-                // The peer is gone; the socket task notices on its next read.
+            Wrote::Broken => {
                 out.state = State::Closing(CloseCode::InternalError);
-                out.wake();
                 Sent::No
             }
         }
     }
 
-    fn queue(&self, out: &mut Outbox, rest: &[u8]) {
-        if rest.len() > self.out_limit as usize {
-            out.state = State::Closing(CloseCode::SlowConsumer);
-            out.wake();
-            return;
-        }
-        out.pending.extend_from_slice(rest);
-        // The socket task waits for writability and flushes.
-        out.wake();
-    }
-
-    /// Writes as much of `pending` as the kernel takes. Called by the socket
-    /// task when the stream is writable. Returns whether bytes remain.
+    /// Writes as much of the backlog as the kernel takes. Called by the
+    /// socket task when the stream is writable. Returns whether bytes remain.
     pub fn flush(&self) -> io::Result<bool> {
-        let mut out = self.lock();
-        while !out.pending.is_empty() {
-            match self.stream.try_write(&out.pending) {
-                Ok(n) => {
-                    out.pending.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Err(e) => return Err(e),
-            }
-        }
-        drop_pending(&mut out);
-        Ok(false)
+        self.lock().backlog.flush(&self.stream)
     }
 
     /// Takes the stream back, with any bytes still waiting to be written.
     pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
-        let out = self.out.into_inner().unwrap_or_else(|e| e.into_inner());
-        (self.stream, out.pending)
+        let mut out = self.out.into_inner().unwrap_or_else(|e| e.into_inner());
+        (self.stream, out.backlog.take())
     }
 
     pub fn touch(&self, now: u32) {
         self.last_seen.store(now, Ordering::Relaxed);
     }
-}
-
-/// Frees the pending buffer's memory, not just its contents: an idle socket
-/// should own no buffer.
-fn drop_pending(out: &mut Outbox) {
-    out.pending = Vec::new();
 }

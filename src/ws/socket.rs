@@ -358,7 +358,7 @@ impl std::future::Future for Steady<'_> {
                     }
                 }
                 out.park(cx);
-                !out.pending.is_empty()
+                out.backlog.has_pending()
             };
             if want_write {
                 match conn.stream.poll_write_ready(cx) {
@@ -449,7 +449,7 @@ fn poll_state(conn: &Conn) -> (bool, Phase) {
         State::LoggedOut(_) => Phase::LoggedOut,
         State::Closing(code) => Phase::Closing(*code),
     };
-    (!out.pending.is_empty(), phase)
+    (out.backlog.has_pending(), phase)
 }
 
 /// Per-socket input state: the decoder, an incomplete frame if any, and the
@@ -701,7 +701,7 @@ async fn finish(app: &App, conn: &Arc<Conn>, exit: Exit) {
     let mut bytes = {
         let mut out = conn.lock();
         out.state = State::Closing(CloseCode::Normal);
-        std::mem::take(&mut out.pending)
+        out.backlog.take()
     };
     // A slow consumer's backlog is not worth waiting for.
     if matches!(exit, Exit::Close(CloseCode::SlowConsumer)) {
