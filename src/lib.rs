@@ -132,8 +132,7 @@ impl App {
         let target = order.target.clone();
         let reason = order.reason.clone();
         let outcome = self.revocation.logout(order).await?;
-        self.bridge_to_pusher(&target, &reason);
-        self.follow_logout(&target).await?;
+        self.follow_logout(&target, &reason).await?;
         Ok(outcome)
     }
 
@@ -153,24 +152,30 @@ impl App {
             .logout_once(iss, jti, expires_at_ms, order)
             .await?;
         if first {
-            self.bridge_to_pusher(&target, &reason);
-            self.follow_logout(&target).await?;
+            self.follow_logout(&target, &reason).await?;
         }
         Ok(first)
     }
 
     /// A user's logout also reaches their signed-in Pusher sockets (apps
     /// whose `logout_issuer` is the user's issuer).
-    pub fn bridge_to_pusher(&self, target: &registry::Target, reason: &str) {
+    fn bridge_to_pusher(&self, target: &registry::Target, reason: &str) {
         if let registry::Target::User(k) = target {
             let iss = self.auth.issuer_name(k.iss);
             self.pusher.user_logged_out(iss, &k.sub, reason);
         }
     }
 
-    async fn follow_logout(&self, target: &registry::Target) -> Result<(), store::StoreError> {
+    /// What follows a logout once its sockets were told: the user's Pusher
+    /// sockets, then the session graph.
+    async fn follow_logout(
+        &self,
+        target: &registry::Target,
+        reason: &str,
+    ) -> Result<(), store::StoreError> {
         use registry::Target;
         use sessions::Revoke;
+        self.bridge_to_pusher(target, reason);
         let iss = match target {
             Target::User(k) => k.iss,
             Target::Session(k) => k.iss,

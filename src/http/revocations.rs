@@ -124,9 +124,9 @@ async fn revoke(
     };
     let mut logged_out = 0;
     if let Some(target) = direct {
-        app.bridge_to_pusher(&target, "session_revoked");
+        // The one logout path (its graph follow-up finds nothing left to
+        // revoke; its Pusher bridge tells the user's Pusher sockets).
         let outcome = app
-            .revocation
             .logout(LogoutOrder {
                 target,
                 sub: body.sub.as_deref().map(Into::into),
