@@ -65,6 +65,10 @@ impl Pusher {
         self.by_id.get(id).copied()
     }
 
+    pub fn app_by_key(&self, key: &str) -> Option<usize> {
+        self.by_key.get(key).copied()
+    }
+
     pub fn channels(&self) -> &Channels {
         &self.channels
     }
@@ -106,28 +110,29 @@ async fn upgrade(State(app): State<Arc<App>>, Path(key): Path<String>, req: Requ
             .find(|(k, _)| k == "protocol")
             .map(|(_, v)| v.into_owned())
     });
-    let refusal = match (app.pusher.by_key.get(&key), protocol.as_deref()) {
-        (None, _) => Some((
+    let checked = match (app.pusher.app_by_key(&key), protocol.as_deref()) {
+        (None, _) => Err((
             PusherCode::AppNotFound,
-            format!("App key {key} not in this cluster"),
+            format!("App key {} not in this cluster", protocol::truncate(&key)),
         )),
-        (_, None) => Some((
+        (_, None) => Err((
             PusherCode::NoProtocol,
             "No protocol version supplied".into(),
         )),
-        (_, Some(p)) if p.parse::<u32>().ok() != Some(protocol::PROTOCOL) => Some((
+        (_, Some(p)) if p.parse::<u32>().ok() != Some(protocol::PROTOCOL) => Err((
             PusherCode::UnsupportedProtocol,
-            format!("Unsupported protocol version {p}; this server speaks 7"),
+            format!(
+                "Unsupported protocol version {}; this server speaks 7",
+                protocol::truncate(p)
+            ),
         )),
-        _ => None,
+        (Some(index), _) => Ok(index),
     };
-    match (refusal, app.pusher.by_key.get(&key).copied()) {
-        (None, Some(index)) => crate::ws::accept(&app, req, move |app, stream, early| {
+    match checked {
+        Ok(index) => crate::ws::accept(&app, req, move |app, stream, early| {
             socket::run(app, index, stream, early)
         }),
-        (refusal, _) => {
-            let (code, message) =
-                refusal.unwrap_or((PusherCode::AppNotFound, "unknown app".into()));
+        Err((code, message)) => {
             app.metrics.upgrade_rejected("pusher_refused");
             crate::ws::accept(&app, req, move |_app, stream, _early| {
                 refuse(stream, code, message)

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -19,11 +19,12 @@ use super::channels::PConn;
 use super::protocol::{self, ChannelKind, PusherCode};
 use crate::App;
 use crate::config::PusherAppSettings;
+use crate::util::TokenBucket;
 use crate::ws::codec::{self, Decoder, Flow, Message, Role};
 
 const READ_CHUNK: usize = 4096;
 /// Client events per second a socket may send (Pusher's limit).
-const CLIENT_EVENTS_PER_SEC: f32 = 10.0;
+const CLIENT_EVENTS_PER_SEC: u32 = 10;
 /// Channels one socket may be subscribed to at once.
 const MAX_SUBSCRIPTIONS: usize = 100;
 
@@ -42,11 +43,10 @@ struct Session<'a> {
     /// Channel → the presence user id it joined as (None: not presence).
     subscribed: HashMap<Box<str>, Option<Box<str>>>,
     user: Option<Box<str>>,
-    client_tokens: f32,
-    refilled: Instant,
+    /// Client events: Pusher's 10 per second.
+    client_events: TokenBucket,
     /// All messages: `ws.max_messages_per_sec`, burst `ws.message_burst`.
-    tokens: f32,
-    tokens_refilled: Instant,
+    messages: TokenBucket,
 }
 
 pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
@@ -69,10 +69,11 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
         conn: conn.clone(),
         subscribed: HashMap::new(),
         user: None,
-        client_tokens: CLIENT_EVENTS_PER_SEC,
-        refilled: Instant::now(),
-        tokens: app.config.ws.message_burst as f32,
-        tokens_refilled: Instant::now(),
+        client_events: TokenBucket::new(CLIENT_EVENTS_PER_SEC, CLIENT_EVENTS_PER_SEC),
+        messages: TokenBucket::new(
+            app.config.ws.max_messages_per_sec,
+            app.config.ws.message_burst,
+        ),
     };
     let established = json!({
         "socket_id": conn.socket_id,
@@ -204,21 +205,13 @@ impl Session<'_> {
     }
 
     fn on_text(&mut self, text: &str, out: &mut Vec<u8>) -> Option<End> {
-        let ws = &self.app.config.ws;
-        let now = Instant::now();
-        self.tokens = (self.tokens
-            + now.duration_since(self.tokens_refilled).as_secs_f32()
-                * ws.max_messages_per_sec as f32)
-            .min(ws.message_burst as f32);
-        self.tokens_refilled = now;
-        if self.tokens < 1.0 {
+        if !self.messages.try_take() {
             // Reconnect with backoff (4100-4199), not at once.
             return Some(End::Close(
                 PusherCode::OverCapacity.code(),
                 "over the message rate",
             ));
         }
-        self.tokens -= 1.0;
         let Ok(msg) = serde_json::from_str::<Value>(text) else {
             out.extend(protocol::error_frame(None, "the message is not JSON"));
             return None;
@@ -439,19 +432,13 @@ impl Session<'_> {
             ));
             return;
         }
-        let now = Instant::now();
-        self.client_tokens = (self.client_tokens
-            + now.duration_since(self.refilled).as_secs_f32() * CLIENT_EVENTS_PER_SEC)
-            .min(CLIENT_EVENTS_PER_SEC);
-        self.refilled = now;
-        if self.client_tokens < 1.0 {
+        if !self.client_events.try_take() {
             out.extend(protocol::error_frame(
                 Some(PusherCode::ClientEventRateLimit.code()),
                 "client event rejected due to rate limit",
             ));
             return;
         }
-        self.client_tokens -= 1.0;
         let mut v = json!({ "event": event, "channel": channel, "data": msg["data"] });
         if let Some(id) = member {
             v["user_id"] = Value::from(&**id);
