@@ -541,3 +541,31 @@ async fn presence_channels_hold_100_members_with_at_most_1_kb_of_info_each() {
     let refused = big.recv_json().await;
     assert_eq!(refused["data"]["status"], 413, "{refused}");
 }
+
+/// A batch is all or nothing: one bad event (here an empty name, after a
+/// good one) refuses the batch and sends none of it.
+#[tokio::test]
+async fn a_batch_with_one_bad_event_sends_nothing() {
+    let hub = TestHub::with(pusher_app).await;
+    let (mut ws, _) = raw_socket(&hub).await;
+    ws.send_json(json!({"event": "pusher:subscribe", "data": {"channel": "c"}}))
+        .await;
+    assert_eq!(
+        ws.recv_json().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let path = format!("/apps/{APP_ID}/batch_events");
+    let body = json!({"batch": [
+        {"name": "good", "channel": "c", "data": "{}"},
+        {"name": "", "channel": "c", "data": "{}"},
+    ]})
+    .to_string();
+    let q = signed("POST", &path, &body, now(), APP_SECRET, &[]);
+    let (status, text) = api(&hub, "POST", &q, &body).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Event names"), "{text}");
+    // Nothing arrived before the answer to our ping.
+    ws.send_json(json!({"event": "pusher:ping", "data": {}}))
+        .await;
+    assert_eq!(ws.recv_json().await["event"], "pusher:pong");
+}

@@ -175,9 +175,18 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, PusherHttpE
     serde_json::from_slice(body).map_err(|e| bad(format!("Invalid JSON body: {e}")))
 }
 
-/// Checks and sends one event; answers its channels' info if asked.
-fn trigger(app: &App, index: usize, ev: Event) -> Result<Value, PusherHttpError> {
-    let settings = &app.pusher.apps()[index];
+/// An event that passed every check: it can be sent.
+struct Checked {
+    name: String,
+    channels: Vec<String>,
+    data: String,
+    socket_id: Option<String>,
+    info: Option<String>,
+}
+
+/// Pusher's limits on one event: 1 to 100 valid channel names, a name of
+/// 1 to 200 characters, data within the app's `max_event_bytes`.
+fn check(settings: &PusherAppSettings, ev: Event) -> Result<Checked, PusherHttpError> {
     let channels = match (ev.channels, ev.channel) {
         (Some(c), None) => c,
         (None, Some(c)) => vec![c],
@@ -204,21 +213,30 @@ fn trigger(app: &App, index: usize, ev: Event) -> Result<Value, PusherHttpError>
         protocol::channel_kind(c)
             .map_err(|why| bad(format!("{why}: {}", protocol::truncate(c))))?;
     }
-    let mut info = Map::new();
-    for c in &channels {
-        let frame = protocol::event_frame(&ev.name, Some(c), &data);
+    Ok(Checked {
+        name: ev.name,
+        channels,
+        data,
+        socket_id: ev.socket_id,
+        info: ev.info,
+    })
+}
+
+/// Sends a checked event; answers its channels' info if it asked for it.
+fn send(app: &App, index: usize, ev: &Checked) -> Option<Map<String, Value>> {
+    for c in &ev.channels {
+        let frame = protocol::event_frame(&ev.name, Some(c), &ev.data);
         app.pusher
             .channels()
             .publish(index, c, &frame, ev.socket_id.as_deref());
-        if let Some(want) = &ev.info {
-            info.insert(c.clone(), channel_info(app, index, c, want));
-        }
     }
-    Ok(if ev.info.is_some() {
-        json!({ "channels": info })
-    } else {
-        json!({})
-    })
+    let want = ev.info.as_deref()?;
+    Some(
+        ev.channels
+            .iter()
+            .map(|c| (c.clone(), channel_info(app, index, c, want)))
+            .collect(),
+    )
 }
 
 fn channel_info(app: &App, index: usize, name: &str, want: &str) -> Value {
@@ -244,8 +262,11 @@ async fn events(
     req: Request,
 ) -> Result<axum::Json<Value>, PusherHttpError> {
     let (index, body, _) = verified(&app, &id, req).await?;
-    let ev: Event = json_body(&body)?;
-    trigger(&app, index, ev).map(axum::Json)
+    let ev = check(&app.pusher.apps()[index], json_body(&body)?)?;
+    Ok(axum::Json(match send(&app, index, &ev) {
+        Some(info) => json!({ "channels": info }),
+        None => json!({}),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -264,38 +285,23 @@ async fn batch_events(
         return Err(bad(format!("A batch holds at most {MAX_BATCH} events")));
     }
     // All or nothing: every event is checked before any is sent.
+    let settings = &app.pusher.apps()[index];
     let mut checked = Vec::with_capacity(batch.batch.len());
     for ev in batch.batch {
-        let one = match (&ev.channel, &ev.channels) {
-            (Some(c), None) => c.clone(),
-            _ => return Err(bad("Each batch event has one channel")),
-        };
-        protocol::channel_kind(&one)
-            .map_err(|why| bad(format!("{why}: {}", protocol::truncate(&one))))?;
-        let size = match &ev.data {
-            Value::String(s) => s.len(),
-            other => other.to_string().len(),
-        };
-        if size > app.pusher.apps()[index].max_event_bytes {
-            return Err(PusherHttpError(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "event_too_large",
-                "Event data too large".into(),
-            ));
+        if ev.channels.is_some() || ev.channel.is_none() {
+            return Err(bad("Each batch event has one channel"));
         }
-        checked.push(ev);
+        checked.push(check(settings, ev)?);
     }
-    let mut answers = Vec::new();
     let any_info = checked.iter().any(|e| e.info.is_some());
-    for ev in checked {
-        let channel = ev.channel.clone().unwrap_or_default();
-        let want = ev.info.clone();
-        trigger(&app, index, ev)?;
-        answers.push(match want {
-            Some(w) => channel_info(&app, index, &channel, &w),
-            None => json!({}),
-        });
-    }
+    let answers: Vec<Value> = checked
+        .iter()
+        .map(|ev| {
+            // One channel each: its info, if asked for.
+            let info = send(&app, index, ev).and_then(|m| m.into_iter().next());
+            info.map_or_else(|| json!({}), |(_, v)| v)
+        })
+        .collect();
     Ok(axum::Json(if any_info {
         json!({ "batch": answers })
     } else {
@@ -387,10 +393,8 @@ async fn terminate_unprefixed(
         .unwrap_or_default();
     let id = app
         .pusher
-        .apps()
-        .iter()
-        .find(|a| a.key == key)
-        .map(|a| a.id.clone())
+        .app_by_key(&key)
+        .map(|i| app.pusher.apps()[i].id.clone())
         .ok_or_else(|| unauthorized("Unknown auth_key"))?;
     let (index, _, _) = verified(&app, &id, req).await?;
     terminate_user(&app, index, &user)
