@@ -40,7 +40,8 @@ fn query(return_to: &str) -> String {
 
 /// The page's data: the JSON in its `slo-frontchannel` script element.
 fn page_data(html: &str) -> Value {
-    let start = html.find("id=\"slo-frontchannel\">").expect("page data") + 22;
+    const OPEN: &str = "id=\"slo-frontchannel\">";
+    let start = html.find(OPEN).expect("page data") + OPEN.len();
     let end = start + html[start..].find("</script>").unwrap();
     serde_json::from_str(&html[start..end]).unwrap()
 }

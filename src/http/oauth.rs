@@ -402,6 +402,15 @@ fn redirect(to: &str, params: &[(&str, &str)]) -> Response {
     no_store(resp)
 }
 
+/// Back to the client with an RFC 6749 §4.1.2.1 error (and its `state`).
+fn error_redirect(redirect_uri: &str, state: &str, error: &str, description: &str) -> Response {
+    let mut params = vec![("error", error), ("error_description", description)];
+    if !state.is_empty() {
+        params.push(("state", state));
+    }
+    redirect(redirect_uri, &params)
+}
+
 /// What `/authorize`'s query says, checked against the registered clients
 /// before anything else happens (pure, so it is fuzzed on its own).
 #[derive(Debug)]
@@ -509,13 +518,7 @@ async fn authorize(
             state,
             error,
             description,
-        } => {
-            let mut params = vec![("error", error), ("error_description", description)];
-            if !state.is_empty() {
-                params.push(("state", state.as_str()));
-            }
-            return redirect(&redirect_uri, &params);
-        }
+        } => return error_redirect(&redirect_uri, &state, error, description),
         AuthorizeCheck::Proceed(p) => p,
     };
     let AuthorizeParams {
@@ -530,13 +533,8 @@ async fn authorize(
         state.as_str(),
         code_challenge.as_str(),
     );
-    let fail = |error: &str, description: &str| {
-        let mut params = vec![("error", error), ("error_description", description)];
-        if !state.is_empty() {
-            params.push(("state", state));
-        }
-        redirect(redirect_uri, &params)
-    };
+    let fail =
+        |error: &str, description: &str| error_redirect(redirect_uri, state, error, description);
     use crate::config::AuthMethod;
     let by_cookie = cookie(&headers, STT_COOKIE)
         .filter(|_| {

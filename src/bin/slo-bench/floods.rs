@@ -288,7 +288,7 @@ async fn connect_flood(hub: &Server, opts: &Opts, tokens: &[String]) -> ConnectF
         refused,
         other,
         other_ok,
-        other_p50_ms: percentile(&mut other_ms.clone(), 0.5),
+        other_p50_ms: percentile(&mut other_ms, 0.5),
         other_p99_ms: percentile(&mut other_ms, 0.99),
     }
 }
@@ -302,7 +302,6 @@ struct SlowlorisFigures {
 
 async fn slowloris(hub: &Server) -> SlowlorisFigures {
     let addr = hub.addr;
-    let started = Instant::now();
     let mut conns = Vec::with_capacity(SLOWLORIS);
     for i in 0..SLOWLORIS {
         let source = Ipv4Addr::new(127, 0, 1, 1 + (i % 10) as u8);
@@ -349,10 +348,9 @@ async fn slowloris(hub: &Server) -> SlowlorisFigures {
             closed.push(t.as_secs_f64() * 1000.0);
         }
     }
-    let _ = started;
     SlowlorisFigures {
         closed: closed.len(),
-        p50_ms: percentile(&mut closed.clone(), 0.5),
+        p50_ms: percentile(&mut closed, 0.5),
         max_ms: percentile(&mut closed, 1.0),
         healthz_ms,
     }
