@@ -96,6 +96,9 @@ pub struct App {
     pub cors_origins: Vec<String>,
     /// Every task the hub spawns, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The runtime the hub started on: parked sockets are woken from
+    /// whatever thread, and their work is spawned here.
+    pub runtime: tokio::runtime::Handle,
     /// Cancelled once, when shutdown starts.
     pub shutdown: CancellationToken,
     /// Dev mode: a file holding an API key with every scope (new each start).
@@ -461,6 +464,7 @@ impl Hub {
             notifier,
             pusher: pusher::Pusher::new(&config.pusher_apps),
             next_conn: AtomicU64::new(1),
+            runtime: tokio::runtime::Handle::current(),
             config,
         });
 

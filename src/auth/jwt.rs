@@ -35,8 +35,10 @@ pub struct IssuerId(pub u16);
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub issuer: IssuerId,
-    pub sub: String,
-    pub sid: Option<String>,
+    /// Shared (not copied) by the verification cache and every socket
+    /// authenticated with the token.
+    pub sub: Arc<str>,
+    pub sid: Option<Arc<str>>,
     /// Issued-at, seconds since the epoch. Compared with logout watermarks.
     pub iat: i64,
     pub exp: i64,
@@ -399,8 +401,8 @@ impl Issuer {
         }
         Ok(Principal {
             issuer: self.id,
-            sub,
-            sid: c.sid.filter(|s| !s.is_empty()),
+            sub: sub.into(),
+            sid: c.sid.filter(|s| !s.is_empty()).map(Into::into),
             iat: iat as i64,
             exp: exp as i64,
             client_id: c.client_id.or(c.azp),

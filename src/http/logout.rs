@@ -87,9 +87,9 @@ async fn logout(
     let (target, sub, source) = match cred {
         Credential::User(p) => {
             let own_iss = app.auth.issuer_name(p.issuer);
-            let other = body.sub.as_deref().is_some_and(|s| s != p.sub)
+            let other = body.sub.as_deref().is_some_and(|s| s != &*p.sub)
                 || body.iss.as_deref().is_some_and(|i| i != own_iss)
-                || body.sid.is_some() && body.sid != p.sid;
+                || body.sid.is_some() && body.sid.as_deref() != p.sid.as_deref();
             if other {
                 return Err(ApiError::Forbidden(
                     "a user token can only log out its own user or session".into(),
@@ -97,7 +97,7 @@ async fn logout(
             }
             let user = UserKey {
                 iss: p.issuer,
-                sub: p.sub.as_str().into(),
+                sub: p.sub.clone(),
             };
             if !app.user_trigger_limits.try_take(&user) {
                 return Err(ApiError::RateLimited);

@@ -223,7 +223,7 @@ async fn exchange(
     // A subject token already logged out must not open anything.
     let user = UserKey {
         iss: principal.issuer,
-        sub: principal.sub.as_str().into(),
+        sub: principal.sub.clone(),
     };
     let session = principal.sid.as_deref().map(|sid| SessionKey {
         iss: principal.issuer,

@@ -129,12 +129,13 @@ async fn upgrade(State(app): State<Arc<App>>, Path(key): Path<String>, req: Requ
         (Some(index), _) => Ok(index),
     };
     match checked {
-        Ok(index) => crate::ws::accept(&app, req, move |app, stream, early| {
-            socket::run(app, index, stream, early)
+        Ok(index) => crate::ws::accept(&app, req, move |app, stream, early, guard| async move {
+            let _guard = guard;
+            socket::run(app, index, stream, early).await
         }),
         Err((code, message)) => {
             app.metrics.upgrade_rejected("pusher_refused");
-            crate::ws::accept(&app, req, move |_app, stream, _early| {
+            crate::ws::accept(&app, req, move |_app, stream, _early, _guard| {
                 refuse(stream, code, message)
             })
         }

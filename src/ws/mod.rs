@@ -5,6 +5,7 @@
 //!   101, because after the upgrade there is no status code left to answer with;
 //!   and the heartbeat sweeper.
 //! * `socket` — one socket's life after the upgrade.
+//! * `parked` — how an idle socket waits without a task.
 //! * `conn` — the socket as publishers see it (direct, bounded writes).
 //! * `codec` — RFC 6455 framing; `protocol` — the JSON messages.
 //!
@@ -12,10 +13,11 @@
 
 pub mod codec;
 pub mod conn;
+pub(crate) mod parked;
 pub mod protocol;
 mod socket;
 
-pub(crate) use socket::close_stream;
+pub(crate) use socket::{Guard, close_stream};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,10 +75,11 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request) -> Response {
 /// The HTTP side of every WebSocket endpoint (`/v1/ws`, Pusher's
 /// `/app/{key}`): the `Origin` allow-list and the RFC 6455 handshake are
 /// checked before the 101; then `run` gets the upgraded stream (and bytes
-/// the client sent behind the handshake) in a task the hub owns.
+/// the client sent behind the handshake) in a task the hub owns, with the
+/// guard that counts the connection against its address until `run` drops it.
 pub fn accept<F, Fut>(app: &Arc<App>, mut req: Request, run: F) -> Response
 where
-    F: FnOnce(Arc<App>, TcpStream, Bytes) -> Fut + Send + 'static,
+    F: FnOnce(Arc<App>, TcpStream, Bytes, Guard) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     if let Err(reason) = check_origin(app, req.headers()) {
@@ -115,13 +118,10 @@ where
     let guard = req.extensions_mut().remove::<Arc<ConnGuard>>();
     let task_app = app.clone();
     app.tasks.spawn(async move {
-        let _guard = guard;
-        // In a statement of its own, so nothing of the upgrade stays in the
-        // socket's task state.
         let Some((stream, early)) = upgraded_stream(on_upgrade).await else {
             return;
         };
-        run(task_app, stream, early).await;
+        run(task_app, stream, early, guard).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

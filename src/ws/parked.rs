@@ -1,0 +1,258 @@
+//! An idle socket without a task.
+//!
+//! Most sockets of a logout hub wait for hours for one frame. A tokio task
+//! per socket costs its cache-aligned cell plus the future's state, more
+//! than everything else a socket owns together. So once a socket is in its
+//! steady state it is *parked*: its state moves into a [`Parked`], which is
+//! itself the waker registered with the stream's readiness and with the
+//! connection's backlog. A wake-up spawns a short task that polls the state
+//! once and ends again when it is idle; only when the steady state ends does
+//! its continuation ([`Idle::resume`]) run as an ordinary task.
+//!
+//! Exactly one poll runs at a time: wake-ups during a poll are remembered
+//! (`NOTIFIED`) and answered by a fresh task, so a busy socket still yields
+//! to the others between rounds. After the steady state ends the state is
+//! taken out, so a waker left behind in the reactor or the backlog holds
+//! only this empty shell, never the connection (no reference cycle).
+//!
+//! Must not: poll anything but the parked state's own `poll_idle`, or keep
+//! the state once it has ended.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use crate::App;
+
+/// A socket's state while it waits.
+pub trait Idle: Send + Sized + 'static {
+    /// How the idle state ends.
+    type End: Send + 'static;
+    /// Checks for work and does it; registers `cx`'s waker with everything
+    /// that may bring more before returning `Pending`.
+    fn poll_idle(&mut self, app: &App, cx: &mut Context<'_>) -> Poll<Self::End>;
+    /// What follows the idle state; runs as a task of its own.
+    fn resume(self, app: Arc<App>, end: Self::End) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Nobody polls and nobody is scheduled to.
+const IDLE: u8 = 0;
+/// A task to poll has been spawned.
+const SCHEDULED: u8 = 1;
+/// A poll is running.
+const RUNNING: u8 = 2;
+/// A poll is running and a wake-up came meanwhile.
+const NOTIFIED: u8 = 3;
+/// The idle state ended; wake-ups are ignored.
+const DONE: u8 = 4;
+
+pub struct Parked<S: Idle> {
+    app: Arc<App>,
+    state: AtomicU8,
+    idle: Mutex<Option<S>>,
+}
+
+/// Parks `idle`: polls it once in the calling task (to register its wakers),
+/// after which the caller may end; from then on wake-ups drive it.
+pub fn park<S: Idle>(app: Arc<App>, idle: S) {
+    let parked = Arc::new(Parked {
+        app,
+        state: AtomicU8::new(RUNNING),
+        idle: Mutex::new(Some(idle)),
+    });
+    parked.poll_now();
+}
+
+impl<S: Idle> Parked<S> {
+    /// Polls while this thread owns the `RUNNING` state.
+    fn poll_now(self: &Arc<Self>) {
+        let waker = Waker::from(self.clone());
+        let mut cx = Context::from_waker(&waker);
+        let polled = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            match idle.as_mut() {
+                Some(state) => state.poll_idle(&self.app, &mut cx),
+                None => return,
+            }
+        };
+        match polled {
+            Poll::Ready(end) => {
+                self.state.store(DONE, Ordering::Release);
+                let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(state) = taken {
+                    let app = self.app.clone();
+                    self.spawn(state.resume(app, end));
+                }
+            }
+            Poll::Pending => {
+                if self
+                    .state
+                    .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // Woken while polling (or the poll asked to yield): poll
+                    // again from a fresh task, after the others have run.
+                    self.state.store(SCHEDULED, Ordering::Release);
+                    self.spawn_poll();
+                }
+            }
+        }
+    }
+
+    fn spawn_poll(self: &Arc<Self>) {
+        let me = self.clone();
+        self.spawn(async move {
+            me.state.store(RUNNING, Ordering::Release);
+            me.poll_now();
+        });
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.app.tasks.spawn_on(f, &self.app.runtime);
+    }
+}
+
+impl<S: Idle> Wake for Parked<S> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let next = match current {
+                IDLE => SCHEDULED,
+                RUNNING => NOTIFIED,
+                _ => return,
+            };
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) if next == SCHEDULED => return self.spawn_poll(),
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Hub;
+    use crate::config::{Config, Mode};
+    use std::sync::Weak;
+    use std::time::Duration;
+    use tokio::sync::{mpsc, oneshot};
+
+    /// An idle state driven from outside: every poll sends its waker to the
+    /// test; it ends once `end` is set.
+    struct Probe {
+        polls: mpsc::UnboundedSender<Waker>,
+        end: Arc<Mutex<Option<u32>>>,
+        /// Wakes itself this many times from inside a poll.
+        self_wakes: usize,
+        resumed: Option<oneshot::Sender<u32>>,
+        _alive: Arc<()>,
+    }
+
+    impl Idle for Probe {
+        type End = u32;
+
+        fn poll_idle(&mut self, _app: &App, cx: &mut Context<'_>) -> Poll<u32> {
+            let _ = self.polls.send(cx.waker().clone());
+            if let Some(end) = *self.end.lock().unwrap() {
+                return Poll::Ready(end);
+            }
+            if self.self_wakes > 0 {
+                self.self_wakes -= 1;
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        }
+
+        fn resume(mut self, _app: Arc<App>, end: u32) -> impl Future<Output = ()> + Send + 'static {
+            let tx = self.resumed.take().unwrap();
+            async move {
+                let _ = tx.send(end);
+            }
+        }
+    }
+
+    /// The next poll's waker; a poll that never comes fails the test.
+    async fn next_poll(polls: &mut mpsc::UnboundedReceiver<Waker>) -> Waker {
+        tokio::time::timeout(Duration::from_secs(5), polls.recv())
+            .await
+            .expect("a poll")
+            .expect("the state is still there")
+    }
+
+    /// True when no poll came within `ms` (or none ever can: the state,
+    /// which holds the sender, is gone).
+    async fn no_poll_within(polls: &mut mpsc::UnboundedReceiver<Waker>, ms: u64) -> bool {
+        !matches!(
+            tokio::time::timeout(Duration::from_millis(ms), polls.recv()).await,
+            Ok(Some(_))
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wakeups_poll_once_each_then_the_state_resumes_as_a_task_and_is_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(Mode::Dev);
+        config.mode = Some(Mode::Dev);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        config.dev.demo = false;
+        let hub = Hub::start(config).await.unwrap();
+
+        let (polls_tx, mut polls) = mpsc::unbounded_channel();
+        let end = Arc::new(Mutex::new(None));
+        let alive = Arc::new(());
+        let weak: Weak<()> = Arc::downgrade(&alive);
+        let (resumed_tx, resumed) = oneshot::channel();
+        park(
+            hub.app().clone(),
+            Probe {
+                polls: polls_tx,
+                end: end.clone(),
+                self_wakes: 2,
+                resumed: Some(resumed_tx),
+                _alive: alive,
+            },
+        );
+        // The first poll happens in `park`; each wake-up from inside a poll
+        // brings exactly one more poll, from a fresh task.
+        next_poll(&mut polls).await;
+        next_poll(&mut polls).await;
+        let waker = next_poll(&mut polls).await;
+        assert!(no_poll_within(&mut polls, 50).await, "idle: no more polls");
+
+        // A burst of wake-ups of an idle state: polled at least once, and
+        // idle again afterwards.
+        for _ in 0..5 {
+            waker.wake_by_ref();
+        }
+        next_poll(&mut polls).await;
+        while !no_poll_within(&mut polls, 50).await {}
+
+        *end.lock().unwrap() = Some(7);
+        waker.wake_by_ref();
+        let resumed = tokio::time::timeout(Duration::from_secs(5), resumed).await;
+        assert_eq!(resumed.unwrap().unwrap(), 7, "resume runs with the end");
+        next_poll(&mut polls).await;
+        // The state is gone although its waker is still held here, and
+        // waking that waker polls nothing.
+        assert!(weak.upgrade().is_none());
+        waker.wake_by_ref();
+        assert!(
+            polls.recv().await.is_none(),
+            "the state (and its sender) is dropped"
+        );
+        hub.shutdown(Duration::from_secs(2)).await;
+    }
+}
