@@ -6,8 +6,8 @@
 //! steady state it is *parked*: its state moves into a [`Parked`], which is
 //! itself the waker registered with the stream's readiness and with the
 //! connection's backlog. A wake-up spawns a short task that polls the state
-//! once and ends again when it is idle; only when the steady state ends does
-//! its continuation ([`Idle::resume`]) run as an ordinary task.
+//! once and ends again when it is idle; when the steady state ends, that task
+//! goes on with its continuation ([`Idle::resume`]).
 //!
 //! Exactly one poll runs at a time: wake-ups during a poll are remembered
 //! (`NOTIFIED`) and answered by a fresh task, so a busy socket still yields
@@ -61,29 +61,32 @@ pub fn park<S: Idle>(app: Arc<App>, idle: S) {
         state: AtomicU8::new(RUNNING),
         idle: Mutex::new(Some(idle)),
     });
-    parked.poll_now();
+    if let Some((state, end)) = parked.poll_now() {
+        // Ended at once (a logout won the race with `ready`): the caller's
+        // task may not wait for the continuation, so it gets its own.
+        let app = parked.app.clone();
+        parked.spawn(state.resume(app, end));
+    }
 }
 
 impl<S: Idle> Parked<S> {
-    /// Polls while this thread owns the `RUNNING` state.
-    fn poll_now(self: &Arc<Self>) {
+    /// Polls while this thread owns the `RUNNING` state. Returns the state
+    /// and how it ended once it has, for the caller to resume.
+    fn poll_now(self: &Arc<Self>) -> Option<(S, S::End)> {
         let waker = Waker::from(self.clone());
         let mut cx = Context::from_waker(&waker);
         let polled = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             match idle.as_mut() {
                 Some(state) => state.poll_idle(&self.app, &mut cx),
-                None => return,
+                None => return None,
             }
         };
         match polled {
             Poll::Ready(end) => {
                 self.state.store(DONE, Ordering::Release);
                 let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(state) = taken {
-                    let app = self.app.clone();
-                    self.spawn(state.resume(app, end));
-                }
+                taken.map(|state| (state, end))
             }
             Poll::Pending => {
                 if self
@@ -96,15 +99,22 @@ impl<S: Idle> Parked<S> {
                     self.state.store(SCHEDULED, Ordering::Release);
                     self.spawn_poll();
                 }
+                None
             }
         }
     }
 
+    /// A short task that polls once; if the state ended, the same task goes
+    /// on with its continuation (one spawn per logout, not two).
     fn spawn_poll(self: &Arc<Self>) {
         let me = self.clone();
         self.spawn(async move {
             me.state.store(RUNNING, Ordering::Release);
-            me.poll_now();
+            if let Some((state, end)) = me.poll_now() {
+                let app = me.app.clone();
+                drop(me);
+                state.resume(app, end).await;
+            }
         });
     }
 
