@@ -32,7 +32,8 @@ pub trait Idle: Send + Sized + 'static {
     /// Checks for work and does it; registers `cx`'s waker with everything
     /// that may bring more before returning `Pending`.
     fn poll_idle(&mut self, app: &App, cx: &mut Context<'_>) -> Poll<Self::End>;
-    /// What follows the idle state; runs as a task of its own.
+    /// What follows the idle state; runs in the task whose poll saw the end
+    /// (or, if the very first poll did, in a task of its own).
     fn resume(self, app: Arc<App>, end: Self::End) -> impl Future<Output = ()> + Send + 'static;
 }
 
@@ -75,33 +76,24 @@ impl<S: Idle> Parked<S> {
     fn poll_now(self: &Arc<Self>) -> Option<(S, S::End)> {
         let waker = Waker::from(self.clone());
         let mut cx = Context::from_waker(&waker);
-        let polled = {
+        {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            match idle.as_mut() {
-                Some(state) => state.poll_idle(&self.app, &mut cx),
-                None => return None,
-            }
-        };
-        match polled {
-            Poll::Ready(end) => {
+            if let Poll::Ready(end) = idle.as_mut()?.poll_idle(&self.app, &mut cx) {
                 self.state.store(DONE, Ordering::Release);
-                let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
-                taken.map(|state| (state, end))
-            }
-            Poll::Pending => {
-                if self
-                    .state
-                    .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-                {
-                    // Woken while polling (or the poll asked to yield): poll
-                    // again from a fresh task, after the others have run.
-                    self.state.store(SCHEDULED, Ordering::Release);
-                    self.spawn_poll();
-                }
-                None
+                return idle.take().map(|state| (state, end));
             }
         }
+        if self
+            .state
+            .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Woken while polling (or the poll asked to yield): poll again
+            // from a fresh task, after the others have run.
+            self.state.store(SCHEDULED, Ordering::Release);
+            self.spawn_poll();
+        }
+        None
     }
 
     /// A short task that polls once; if the state ended, the same task goes
