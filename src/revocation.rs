@@ -281,7 +281,7 @@ impl Revocation {
             Target::Session(_) => order.sub.clone(),
         };
         let event = Arc::new(LogoutEvent {
-            id: util::random_id(),
+            id: util::unique_id(),
             scope,
             sub,
             sid,

@@ -21,6 +21,7 @@ use crate::App;
 use crate::config::PusherAppSettings;
 use crate::util::TokenBucket;
 use crate::ws::codec::{self, Decoder, Flow, Message, Role};
+use crate::ws::conn::read_available;
 
 const READ_CHUNK: usize = 4096;
 /// Client events per second a socket may send (Pusher's limit).
@@ -138,7 +139,7 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
                 }
                 // Read on the stack; the heap holds only what is unparsed.
                 let mut chunk = [0u8; READ_CHUNK];
-                match conn.stream.try_read(&mut chunk) {
+                match read_available(&conn.stream, &mut chunk) {
                     Ok(0) => break End::Gone,
                     Ok(n) => {
                         buf.extend_from_slice(&chunk[..n]);

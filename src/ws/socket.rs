@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::codec::{self, Decoder, Flow, Message, Role};
-use super::conn::{Conn, LogoutFrame, Sent, State};
+use super::conn::{Conn, LogoutFrame, Sent, State, read_available};
 use super::parked::{self, Idle};
 use super::protocol::{self, ClientMessage};
 use crate::App;
@@ -328,7 +328,7 @@ async fn authenticate(
         }
         let start = buf.len();
         buf.resize(start + READ_CHUNK, 0);
-        match stream.try_read(&mut buf[start..]) {
+        match read_available(stream, &mut buf[start..]) {
             Ok(0) => return Err(Exit::Gone),
             Ok(n) => buf.truncate(start + n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
@@ -496,7 +496,7 @@ impl Reader {
         for _ in 0..READS_PER_WAKE {
             let mut chunk = [0u8; READ_CHUNK];
             let n = if self.partial.is_empty() {
-                match conn.stream.try_read(&mut chunk) {
+                match read_available(&conn.stream, &mut chunk) {
                     Ok(0) => return Some(Exit::Gone),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -507,7 +507,7 @@ impl Reader {
                 let start = self.partial.len();
                 let want = self.decoder.needed(&self.partial).clamp(1, 64 * 1024);
                 self.partial.resize(start + want, 0);
-                match conn.stream.try_read(&mut self.partial[start..]) {
+                match read_available(&conn.stream, &mut self.partial[start..]) {
                     Ok(0) => return Some(Exit::Gone),
                     Ok(n) => {
                         self.partial.truncate(start + n);
