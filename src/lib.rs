@@ -82,6 +82,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// Watermarks and the logout path.
     pub revocation: Revocation,
+    /// Ends the re-login windows of logged-out sockets.
+    pub relogin_windows: ws::window::Windows,
     pub metrics: Arc<Metrics>,
     /// Connection counts and connect rates per address.
     pub limits: Arc<ConnLimits>,
@@ -447,6 +449,7 @@ impl Hub {
             auth,
             registry,
             revocation,
+            relogin_windows: ws::window::Windows::new(config.relogin_window()),
             metrics,
             limits,
             user_trigger_limits,
@@ -470,6 +473,9 @@ impl Hub {
 
         app.auth.spawn_refresh(&app.tasks, app.shutdown.clone());
         app.tasks.spawn(ws::heartbeat(app.clone()));
+        let windows = app.clone();
+        app.tasks
+            .spawn(async move { windows.relogin_windows.run(windows.shutdown.clone()).await });
         app.tasks.spawn(maintenance(app.clone()));
         app.tasks.spawn(expire_web_sessions(app.clone()));
         if let Some(c) = cluster {

@@ -252,7 +252,10 @@ mod tests {
     fn unique_ids_do_not_repeat_across_pool_refills() {
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| unique_id()).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(ids.iter().all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert!(
+            ids.iter()
+                .all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
     }
 
     #[test]

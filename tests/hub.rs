@@ -569,6 +569,20 @@ async fn shutdown_closes_sockets_with_1012() {
 }
 
 #[tokio::test]
+async fn shutdown_ends_the_relogin_window_of_logged_out_sockets_with_4000() {
+    // A window far longer than the test: only shutdown can close it.
+    let hub = TestHub::with(|c| c.ws.relogin_secs = 3_600).await;
+    let token = hub.token("alice", None).await;
+    let (mut ws, _) = hub.socket(&token).await;
+    hub.backend_logout(json!({"sub": "alice"})).await;
+    let m = ws.recv_json().await;
+    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    let closing = tokio::spawn(async move { ws.close_code().await });
+    hub.shutdown().await;
+    assert_eq!(closing.await.unwrap(), Some(4000));
+}
+
+#[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let hub = TestHub::start().await;
     let get = |p: &str| hub.http.get(format!("{}{p}", hub.url)).send();

@@ -6,6 +6,7 @@
 //!   and the heartbeat sweeper.
 //! * `socket` — one socket's life after the upgrade.
 //! * `parked` — how an idle socket waits without a task.
+//! * `window` — when a logged-out socket's re-login window ends.
 //! * `conn` — the socket as publishers see it (direct, bounded writes).
 //! * `codec` — RFC 6455 framing; `protocol` — the JSON messages.
 //!
@@ -16,6 +17,7 @@ pub mod conn;
 pub(crate) mod parked;
 pub mod protocol;
 mod socket;
+pub(crate) mod window;
 
 pub(crate) use socket::{Guard, close_stream};
 

@@ -9,11 +9,13 @@
 //!    waker in `Conn`; a wake-up polls it in a short task. It holds no read
 //!    buffer: a read borrows a stack buffer inside a synchronous function,
 //!    and only an incomplete frame is kept on the heap.
-//! 4. **Logged out** (a task again): the socket is out of the registry; it
-//!    counts the `ack` and stays open for `ws.relogin_secs`, so the SPA can
-//!    log in again and send a new `auth` on the same connection (back to 1)
-//!    — no reconnect and no TCP teardown per logout. After that, close 4000.
-//! 5. **Close**: send the close frame, wait briefly for the peer's, drop.
+//! 4. **Logged out** (still parked): the socket is out of the registry; it
+//!    counts the `ack` and stays open for `ws.relogin_secs` (its window is
+//!    in [`Windows`](super::window::Windows)), so the SPA can log in again and send a new
+//!    `auth` on the same connection (back to 1, as a task) — no reconnect
+//!    and no TCP teardown per logout. After that, close 4000.
+//! 5. **Close** (a task): send the close frame, wait briefly for the peer's,
+//!    drop.
 //!
 //! Must not: hold a lock across an await, or let one socket's state grow
 //! without bound (partial frames are capped by the decoder's message limit).
@@ -106,29 +108,25 @@ struct Live {
 }
 
 impl Idle for Live {
-    type End = SteadyEnd;
+    type End = Exit;
 
-    fn poll_idle(&mut self, app: &App, cx: &mut Context<'_>) -> Poll<SteadyEnd> {
+    fn poll_idle(&mut self, app: &App, cx: &mut Context<'_>) -> Poll<Exit> {
         poll_steady(app, &self.conn, &mut self.reader, cx)
     }
 
-    fn resume(self, app: Arc<App>, end: SteadyEnd) -> impl Future<Output = ()> + Send + 'static {
-        after_steady(app, self, end)
+    fn resume(self, app: Arc<App>, exit: Exit) -> impl Future<Output = ()> + Send + 'static {
+        after_steady(app, self, exit)
     }
 }
 
-/// After the steady state: the re-login window of a logged-out socket, then
-/// a new login on the same connection or the close.
-async fn after_steady(app: Arc<App>, live: Live, end: SteadyEnd) {
+/// After the steady state: a new login on the same connection (a logged-out
+/// socket sent `auth`), or the close.
+async fn after_steady(app: Arc<App>, live: Live, exit: Exit) {
     let Live {
         conn,
         mut reader,
         _guard: guard,
     } = live;
-    let exit = match end {
-        SteadyEnd::Exit(exit) => exit,
-        SteadyEnd::LoggedOut => logged_out(&app, &conn, &mut reader).await,
-    };
     let Exit::Relogin(text) = exit else {
         finish(&app, &conn, exit).await;
         return;
@@ -355,106 +353,60 @@ async fn verify_auth(app: &App, text: &str) -> Result<Principal, Exit> {
 /// Rounds of flush/read one poll may do before yielding to other tasks.
 const POLL_ROUNDS: usize = 8;
 
-/// How the steady state ended.
-enum SteadyEnd {
-    LoggedOut,
-    Exit(Exit),
-}
-
 /// The steady state of a registered socket, polled by its `Parked` waker:
 /// flush what publishers queued, read what came, and otherwise stay
-/// registered with the stream's readiness and the waker in `Conn`.
+/// registered with the stream's readiness and the waker in `Conn`. A
+/// logged-out socket stays here too, reading its ack or a new `auth`, until
+/// its re-login window (`window`) closes it.
 fn poll_steady(
     app: &App,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     reader: &mut Reader,
     cx: &mut Context<'_>,
-) -> Poll<SteadyEnd> {
+) -> Poll<Exit> {
     for _ in 0..POLL_ROUNDS {
-        let want_write = {
+        let (want_write, logged_out) = {
             let mut out = conn.lock();
-            match &out.state {
-                State::Open => {}
-                State::LoggedOut(_) => return Poll::Ready(SteadyEnd::LoggedOut),
-                State::Closing(code) => {
-                    return Poll::Ready(SteadyEnd::Exit(Exit::Close(*code)));
-                }
-            }
+            let logged_out = match &out.state {
+                State::Open => false,
+                State::LoggedOut(_) => true,
+                State::Closing(code) => return Poll::Ready(Exit::Close(*code)),
+            };
             out.park(cx);
-            out.backlog.has_pending()
+            (out.backlog.has_pending(), logged_out)
         };
+        if logged_out && !reader.in_window {
+            // Outside the socket's lock: at shutdown `open` closes it.
+            reader.in_window = true;
+            app.relogin_windows.open(conn);
+            continue;
+        }
         if want_write {
             match conn.stream.poll_write_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     if conn.flush().is_err() {
-                        return Poll::Ready(SteadyEnd::Exit(Exit::Gone));
+                        return Poll::Ready(Exit::Gone);
                     }
                     // Look again: what is left needs a fresh registration.
                     continue;
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(SteadyEnd::Exit(Exit::Gone)),
+                Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
                 Poll::Pending => {}
             }
         }
         match conn.stream.poll_read_ready(cx) {
             Poll::Ready(Ok(())) => {
                 if let Some(exit) = reader.on_readable(app, conn) {
-                    return Poll::Ready(SteadyEnd::Exit(exit));
+                    return Poll::Ready(exit);
                 }
             }
-            Poll::Ready(Err(_)) => return Poll::Ready(SteadyEnd::Exit(Exit::Gone)),
+            Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
             Poll::Pending => return Poll::Pending,
         }
     }
     // Still busy: let other sockets run first.
     cx.waker().wake_by_ref();
     Poll::Pending
-}
-
-/// After a logout: keep reading (the ack, a new `auth`) until the re-login
-/// window ends.
-async fn logged_out(app: &App, conn: &Arc<Conn>, reader: &mut Reader) -> Exit {
-    let grace = tokio::time::Instant::now() + app.config.relogin_window();
-    loop {
-        let (want_write, state) = poll_state(conn);
-        if let Phase::Closing(code) = state {
-            return Exit::Close(code);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(grace) => return Exit::Close(CloseCode::LoggedOut),
-            _ = app.shutdown.cancelled() => return Exit::Close(CloseCode::LoggedOut),
-            _ = std::future::poll_fn(|cx| conn.poll_woken(cx)) => {}
-            r = conn.stream.readable() => {
-                if r.is_err() {
-                    return Exit::Gone;
-                }
-                if let Some(exit) = reader.on_readable(app, conn) {
-                    return exit;
-                }
-            }
-            r = conn.stream.writable(), if want_write => {
-                if r.is_err() || conn.flush().is_err() {
-                    return Exit::Gone;
-                }
-            }
-        }
-    }
-}
-
-enum Phase {
-    Open,
-    LoggedOut,
-    Closing(CloseCode),
-}
-
-fn poll_state(conn: &Conn) -> (bool, Phase) {
-    let out = conn.lock();
-    let phase = match &out.state {
-        State::Open => Phase::Open,
-        State::LoggedOut(_) => Phase::LoggedOut,
-        State::Closing(code) => Phase::Closing(*code),
-    };
-    (out.backlog.has_pending(), phase)
 }
 
 /// Per-socket input state: the decoder, an incomplete frame if any, and the
@@ -468,6 +420,8 @@ struct Reader {
     errors: u32,
     /// Whether the logout's ack came (each is counted once).
     acked: bool,
+    /// Whether the logged-out socket's re-login window was opened.
+    in_window: bool,
 }
 
 impl Reader {
@@ -479,6 +433,7 @@ impl Reader {
             refilled: Instant::now(),
             errors: 0,
             acked: false,
+            in_window: false,
         }
     }
 
