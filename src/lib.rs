@@ -83,7 +83,7 @@ pub struct App {
     /// Watermarks and the logout path.
     pub revocation: Revocation,
     /// Ends the re-login windows of logged-out sockets.
-    pub relogin_windows: ws::window::Windows,
+    pub relogin_windows: Arc<ws::window::Windows>,
     pub metrics: Arc<Metrics>,
     /// Connection counts and connect rates per address.
     pub limits: Arc<ConnLimits>,
@@ -407,7 +407,11 @@ impl Hub {
         };
         let issuer_names = issuers.iter().map(|i| i.issuer.clone()).collect();
         let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::new(metrics.connections.clone()));
+        let relogin_windows = Arc::new(ws::window::Windows::new(config.relogin_window()));
+        let registry = Arc::new(Registry::new(
+            metrics.connections.clone(),
+            relogin_windows.clone(),
+        ));
         let revocation = Revocation::new(
             registry.clone(),
             metrics.clone(),
@@ -449,7 +453,7 @@ impl Hub {
             auth,
             registry,
             revocation,
-            relogin_windows: ws::window::Windows::new(config.relogin_window()),
+            relogin_windows,
             metrics,
             limits,
             user_trigger_limits,

@@ -9,7 +9,9 @@
 //!
 //! [`Registry::publish`] takes the matching sockets *out* of the indexes and
 //! then writes to them outside any map lock, so a logout reaches each socket
-//! exactly once and a slow socket never holds up a shard. No lock is held
+//! exactly once and a slow socket never holds up a shard; then it hands them
+//! to their re-login window (`ws::window`), in one batch, without waking
+//! them. No lock is held
 //! across an `.await` anywhere in this module (there is no `.await` here).
 //!
 //! Must not: decide whether a logout is allowed, or remember logouts (that is
@@ -24,6 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::auth::IssuerId;
 use crate::ws::conn::{Conn, LogoutFrame, NO_SLOT, Sent};
+use crate::ws::window::Windows;
 
 /// A user, scoped by issuer: two issuers may use the same `sub` for different people.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -80,14 +83,17 @@ pub struct Registry {
     sessions: DashMap<SessionKey, Vec<Arc<Conn>>>,
     /// Registered sockets (the `connections` metric).
     gauge: Gauge,
+    /// Where logged-out sockets wait for their re-login window to end.
+    windows: Arc<Windows>,
 }
 
 impl Registry {
-    pub fn new(gauge: Gauge) -> Registry {
+    pub fn new(gauge: Gauge, windows: Arc<Windows>) -> Registry {
         Registry {
             users: DashMap::new(),
             sessions: DashMap::new(),
             gauge,
+            windows,
         }
     }
 
@@ -123,6 +129,7 @@ impl Registry {
                 delivered += 1;
             }
         }
+        self.windows.open(&conns);
         Delivery {
             matched: conns.len(),
             delivered,

@@ -100,6 +100,23 @@ async fn a_logged_out_socket_is_closed_when_the_relogin_window_ends() {
 }
 
 #[tokio::test]
+async fn the_old_window_does_not_close_a_socket_that_logged_in_again() {
+    let hub = TestHub::with(|c| c.ws.relogin_secs = 1).await;
+    let token = hub.token("alice", None).await;
+    let (mut ws, _) = hub.socket(&token).await;
+    hub.backend_logout(json!({"sub": "alice"})).await;
+    assert_eq!(ws.recv_json().await["type"], "logout");
+    let new = hub.token("alice", None).await;
+    ws.send_json(json!({"type": "auth", "token": new})).await;
+    assert_eq!(ws.recv_json().await["type"], "ready");
+    // Past the end of the first login's window (1 s, closed within 100 ms
+    // more): only a wait can show that nothing happens.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    ws.assert_quiet().await;
+    assert_eq!(hub.app().registry.sizes(), (1, 1, 1));
+}
+
+#[tokio::test]
 async fn a_user_token_logs_out_its_session_only_with_scope_session() {
     let hub = TestHub::start().await;
     let s1 = hub.token("alice", Some("s1")).await;

@@ -305,10 +305,11 @@ impl Conn {
             return Sent::No;
         }
         out.state = State::LoggedOut(logout.clone());
-        let sent = self.write_locked(&mut out, &logout.frame);
-        // The socket task starts the re-login window.
-        out.wake();
-        sent
+        // No wake-up: a logged-out socket reads on as before, and the
+        // publisher starts its re-login window. (Bytes left unwritten wake it
+        // to flush them.) Waking 15,000 parked sockets of one user at once
+        // would spawn 15,000 short tasks in one burst.
+        self.write_locked(&mut out, &logout.frame)
     }
 
     /// Asks the socket task to close with `code`. A socket already logged out

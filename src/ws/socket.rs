@@ -358,29 +358,16 @@ const POLL_ROUNDS: usize = 8;
 /// registered with the stream's readiness and the waker in `Conn`. A
 /// logged-out socket stays here too, reading its ack or a new `auth`, until
 /// its re-login window (`window`) closes it.
-fn poll_steady(
-    app: &App,
-    conn: &Arc<Conn>,
-    reader: &mut Reader,
-    cx: &mut Context<'_>,
-) -> Poll<Exit> {
+fn poll_steady(app: &App, conn: &Conn, reader: &mut Reader, cx: &mut Context<'_>) -> Poll<Exit> {
     for _ in 0..POLL_ROUNDS {
-        let (want_write, logged_out) = {
+        let want_write = {
             let mut out = conn.lock();
-            let logged_out = match &out.state {
-                State::Open => false,
-                State::LoggedOut(_) => true,
-                State::Closing(code) => return Poll::Ready(Exit::Close(*code)),
-            };
+            if let State::Closing(code) = &out.state {
+                return Poll::Ready(Exit::Close(*code));
+            }
             out.park(cx);
-            (out.backlog.has_pending(), logged_out)
+            out.backlog.has_pending()
         };
-        if logged_out && !reader.in_window {
-            // Outside the socket's lock: at shutdown `open` closes it.
-            reader.in_window = true;
-            app.relogin_windows.open(conn);
-            continue;
-        }
         if want_write {
             match conn.stream.poll_write_ready(cx) {
                 Poll::Ready(Ok(())) => {
@@ -420,8 +407,6 @@ struct Reader {
     errors: u32,
     /// Whether the logout's ack came (each is counted once).
     acked: bool,
-    /// Whether the logged-out socket's re-login window was opened.
-    in_window: bool,
 }
 
 impl Reader {
@@ -433,7 +418,6 @@ impl Reader {
             refilled: Instant::now(),
             errors: 0,
             acked: false,
-            in_window: false,
         }
     }
 

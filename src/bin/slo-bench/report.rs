@@ -33,6 +33,7 @@ impl ServerResult {
             sat_p99_ms: med(|r| r.sat_p99_ms),
             sat_cpu_us_per_trigger: med(|r| r.sat_cpu_us_per_trigger),
             bcast_cpu_us_per_delivery: med(|r| r.bcast_cpu_us_per_delivery),
+            bcast_cpu_settled_us_per_delivery: med(|r| r.bcast_cpu_settled_us_per_delivery),
             bcast_ms: med(|r| r.bcast_ms),
             hs256_triggers_per_s: med_opt(|r| r.hs256_triggers_per_s),
             rs256_triggers_per_s: med_opt(|r| r.rs256_triggers_per_s),

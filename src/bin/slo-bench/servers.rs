@@ -124,6 +124,22 @@ impl Server {
             .sum()
     }
 
+    /// The server's CPU time (as `cpu_ns`) once it has gone idle: less than
+    /// 1 ms of CPU over 200 ms (or after 10 s, whatever it is then).
+    pub async fn cpu_settled(&self) -> u64 {
+        let window = std::time::Duration::from_millis(200);
+        let mut last = self.cpu_ns();
+        for _ in 0..50 {
+            tokio::time::sleep(window).await;
+            let now = self.cpu_ns();
+            if now - last < 1_000_000 {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
     /// Open file descriptors of the server.
     pub fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
