@@ -104,6 +104,11 @@ pub struct Rep {
     pub sat_p99_ms: f64,
     /// Saturated phase: server CPU time per trigger.
     pub sat_cpu_us_per_trigger: f64,
+    /// Saturated phase: how busy the server's core and the load generator's
+    /// core were (CPU time / wall time, %). A generator near 100 % means the
+    /// rate measured is the generator's, not the server's.
+    pub sat_server_busy_pct: f64,
+    pub sat_generator_busy_pct: f64,
     pub bcast_cpu_us_per_delivery: f64,
     /// The same, counting the work each delivery leaves behind (slo-hub's
     /// acks, closes): server CPU until the server has been idle for 200 ms.
@@ -292,6 +297,7 @@ async fn run_rep(
     let next = Arc::new(AtomicUsize::new(lat_users));
     let users = Arc::new(users);
     let cpu0 = server.cpu_ns();
+    let gen0 = servers::cpu_ns_of(std::process::id());
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency {
@@ -324,7 +330,10 @@ async fn run_rep(
         r.missed += m;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let gen1 = servers::cpu_ns_of(std::process::id());
     let triggers = (users.len() - lat_users) as f64;
+    r.sat_server_busy_pct = (server.cpu_ns() - cpu0) as f64 / 1e7 / elapsed;
+    r.sat_generator_busy_pct = (gen1 - gen0) as f64 / 1e7 / elapsed;
     r.sat_triggers_per_s = triggers / elapsed;
     r.sat_cpu_us_per_trigger = (server.cpu_ns() - cpu0) as f64 / 1000.0 / triggers;
     r.sat_p99_ms = percentile(&mut sat, 0.99) / 1000.0;

@@ -32,6 +32,8 @@ impl ServerResult {
             sat_triggers_per_s: med(|r| r.sat_triggers_per_s),
             sat_p99_ms: med(|r| r.sat_p99_ms),
             sat_cpu_us_per_trigger: med(|r| r.sat_cpu_us_per_trigger),
+            sat_server_busy_pct: med(|r| r.sat_server_busy_pct),
+            sat_generator_busy_pct: med(|r| r.sat_generator_busy_pct),
             bcast_cpu_us_per_delivery: med(|r| r.bcast_cpu_us_per_delivery),
             bcast_cpu_settled_us_per_delivery: med(|r| r.bcast_cpu_settled_us_per_delivery),
             bcast_ms: med(|r| r.bcast_ms),
@@ -257,6 +259,13 @@ fn markdown(results: &[ServerResult], command: &str, machine: &serde_json::Value
                 hub.label, hs, rs
             );
         }
+    }
+    for r in results {
+        let _ = writeln!(
+            s,
+            "\n{}, 64 in flight: server core {:.0} % busy, load generator core {:.0} % busy.",
+            r.label, r.median.sat_server_busy_pct, r.median.sat_generator_busy_pct
+        );
     }
     let missed: u64 = results
         .iter()

@@ -113,15 +113,7 @@ impl Server {
     /// CPU time of all the process's threads, in nanoseconds (schedstat has
     /// nanosecond resolution; /proc/PID/stat only clock ticks).
     pub fn cpu_ns(&self) -> u64 {
-        let dir = format!("/proc/{}/task", self.pid());
-        let Ok(tasks) = std::fs::read_dir(&dir) else {
-            return 0;
-        };
-        tasks
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum()
+        cpu_ns_of(self.pid())
     }
 
     /// The server's CPU time (as `cpu_ns`) once it has gone idle: less than
@@ -288,4 +280,17 @@ impl Drop for RedisServer {
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// CPU time of all of a process's threads, in nanoseconds (schedstat has
+/// nanosecond resolution; /proc/PID/stat only clock ticks).
+pub fn cpu_ns_of(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
