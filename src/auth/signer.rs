@@ -7,6 +7,13 @@
 //! half is a JWK (served at `/.well-known/jwks.json`) and, to the
 //! authenticator, a static key of an ordinary issuer.
 //!
+//! Signing builds the JWS itself (header and claims serialized by serde,
+//! signed by ring) with the key pair parsed once at start:
+//! `jsonwebtoken::encode` goes through a provider that re-parses the PKCS#8
+//! key, deriving the public key again, on every call — 47 % of a
+//! signature's instructions (callgrind: 401 M of 854 M over 2,000 tokens).
+//! Verification stays with `jsonwebtoken`.
+//!
 //! Must not: overwrite or silently replace an existing key file it cannot read.
 
 use std::fs;
@@ -14,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
 
@@ -31,7 +38,7 @@ pub struct Signer {
     pub iss: String,
     kid: String,
     public: Vec<u8>,
-    encoding: EncodingKey,
+    pair: Ed25519KeyPair,
 }
 
 impl Signer {
@@ -73,7 +80,7 @@ impl Signer {
             iss,
             kid,
             public,
-            encoding: EncodingKey::from_ed_der(&pkcs8),
+            pair,
         })
     }
 
@@ -118,7 +125,53 @@ impl Signer {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         header.typ = Some(typ.to_string());
-        // Signing JSON with a key we parsed at start cannot fail.
-        jsonwebtoken::encode(&header, claims, &self.encoding).expect("Ed25519 signing failed")
+        // RFC 7515 §7.1: BASE64URL(header) "." BASE64URL(payload) "." BASE64URL(signature).
+        let mut jws = String::with_capacity(512);
+        for part in [json_bytes(&header), json_bytes(claims)] {
+            if !jws.is_empty() {
+                jws.push('.');
+            }
+            URL_SAFE_NO_PAD.encode_string(part, &mut jws);
+        }
+        let signature = self.pair.sign(jws.as_bytes());
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut jws);
+        jws
+    }
+}
+
+fn json_bytes<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    // A `Header` and a `serde_json::Value` always serialize.
+    serde_json::to_vec(value).expect("JSON serialization of a header or claims")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    #[test]
+    fn tokens_verify_with_jsonwebtoken_and_carry_kid_and_typ() {
+        crate::auth::crypto::install();
+        let dir = tempfile::tempdir().unwrap();
+        let signer =
+            Signer::load_or_create(dir.path(), "k.der", "test", "https://hub".into()).unwrap();
+        let token = signer.sign_typed(&json!({"sub": "alice", "iss": "https://hub"}), "logout+jwt");
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        assert_eq!(header.kid.as_deref(), Some(signer.kid.as_str()));
+        assert_eq!(header.typ.as_deref(), Some("logout+jwt"));
+        let key = DecodingKey::from_ed_der(&signer.public);
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        v.validate_aud = false;
+        let data = jsonwebtoken::decode::<Value>(&token, &key, &v).unwrap();
+        assert_eq!(data.claims["sub"], "alice");
+
+        // A token signed by another key does not verify with this one.
+        let other = Signer::load_or_create(dir.path(), "o.der", "test", "x".into()).unwrap();
+        let forged = other.sign(&json!({"sub": "alice"}));
+        assert!(jsonwebtoken::decode::<Value>(&forged, &key, &v).is_err());
     }
 }
