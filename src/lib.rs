@@ -82,8 +82,6 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// Watermarks and the logout path.
     pub revocation: Revocation,
-    /// Ends the re-login windows of logged-out sockets.
-    pub relogin_windows: Arc<ws::window::Windows>,
     pub metrics: Arc<Metrics>,
     /// Connection counts and connect rates per address.
     pub limits: Arc<ConnLimits>,
@@ -453,7 +451,6 @@ impl Hub {
             auth,
             registry,
             revocation,
-            relogin_windows,
             metrics,
             limits,
             user_trigger_limits,
@@ -477,9 +474,9 @@ impl Hub {
 
         app.auth.spawn_refresh(&app.tasks, app.shutdown.clone());
         app.tasks.spawn(ws::heartbeat(app.clone()));
-        let windows = app.clone();
+        let shutdown = app.shutdown.clone();
         app.tasks
-            .spawn(async move { windows.relogin_windows.run(windows.shutdown.clone()).await });
+            .spawn(async move { relogin_windows.run(shutdown).await });
         app.tasks.spawn(maintenance(app.clone()));
         app.tasks.spawn(expire_web_sessions(app.clone()));
         if let Some(c) = cluster {

@@ -11,8 +11,8 @@
 //! then writes to them outside any map lock, so a logout reaches each socket
 //! exactly once and a slow socket never holds up a shard; then it hands them
 //! to their re-login window (`ws::window`), in one batch, without waking
-//! them. No lock is held
-//! across an `.await` anywhere in this module (there is no `.await` here).
+//! them. No lock is held across an `.await` anywhere in this module (there
+//! is no `.await` here).
 //!
 //! Must not: decide whether a logout is allowed, or remember logouts (that is
 //! `revocation`); it only knows who is connected now.

@@ -54,8 +54,6 @@ pub fn unique_id() -> String {
             *used = 0;
         }
         let id = crate::auth::api_keys::hex(&pool[*used..*used + 16]);
-        // Each id is handed out once.
-        pool[*used..*used + 16].fill(0);
         *used += 16;
         id
     })

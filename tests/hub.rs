@@ -82,21 +82,24 @@ async fn a_logged_out_socket_logs_in_again_on_the_same_connection() {
 #[tokio::test]
 async fn a_logged_out_socket_is_closed_when_the_relogin_window_ends() {
     let hub = TestHub::with(|c| c.ws.relogin_secs = 1).await;
-    let token = hub.token("alice", None).await;
-    let (mut ws, _) = hub.socket(&token).await;
-    hub.backend_logout(json!({"sub": "alice"})).await;
-    let m = ws.recv_json().await;
-    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    let mut ws = logged_out_and_acked(&hub, "alice").await;
     assert_eq!(ws.close_code().await, Some(4000));
 
     // Without a window, the ack itself ends the socket.
     let hub = TestHub::with(|c| c.ws.relogin_secs = 0).await;
-    let token = hub.token("bob", None).await;
-    let (mut ws, _) = hub.socket(&token).await;
-    hub.backend_logout(json!({"sub": "bob"})).await;
-    let m = ws.recv_json().await;
-    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    let mut ws = logged_out_and_acked(&hub, "bob").await;
     assert_eq!(ws.close_code().await, Some(4000));
+}
+
+/// A socket of `sub` that received a logout and acknowledged it.
+async fn logged_out_and_acked(hub: &TestHub, sub: &str) -> Ws {
+    let token = hub.token(sub, None).await;
+    let (mut ws, _) = hub.socket(&token).await;
+    hub.backend_logout(json!({ "sub": sub })).await;
+    let m = ws.recv_json().await;
+    assert_eq!(m["type"], "logout", "{m}");
+    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    ws
 }
 
 #[tokio::test]
@@ -111,7 +114,7 @@ async fn the_old_window_does_not_close_a_socket_that_logged_in_again() {
     assert_eq!(ws.recv_json().await["type"], "ready");
     // Past the end of the first login's window (1 s, closed within 100 ms
     // more): only a wait can show that nothing happens.
-    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     ws.assert_quiet().await;
     assert_eq!(hub.app().registry.sizes(), (1, 1, 1));
 }
@@ -589,11 +592,7 @@ async fn shutdown_closes_sockets_with_1012() {
 async fn shutdown_ends_the_relogin_window_of_logged_out_sockets_with_4000() {
     // A window far longer than the test: only shutdown can close it.
     let hub = TestHub::with(|c| c.ws.relogin_secs = 3_600).await;
-    let token = hub.token("alice", None).await;
-    let (mut ws, _) = hub.socket(&token).await;
-    hub.backend_logout(json!({"sub": "alice"})).await;
-    let m = ws.recv_json().await;
-    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    let mut ws = logged_out_and_acked(&hub, "alice").await;
     let closing = tokio::spawn(async move { ws.close_code().await });
     hub.shutdown().await;
     assert_eq!(closing.await.unwrap(), Some(4000));

@@ -273,12 +273,6 @@ impl Conn {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ready once a publisher or the hub wanted the socket task's attention
-    /// since the last call; otherwise parks the task.
-    pub fn poll_woken(&self, cx: &Context<'_>) -> Poll<()> {
-        self.lock().backlog.poll_woken(cx)
-    }
-
     /// Sends a frame if the socket is open (or logged out: pongs still flow).
     pub fn send(&self, frame: &[u8]) -> Sent {
         let mut out = self.lock();

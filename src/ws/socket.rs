@@ -11,9 +11,9 @@
 //!    and only an incomplete frame is kept on the heap.
 //! 4. **Logged out** (still parked): the socket is out of the registry; it
 //!    counts the `ack` and stays open for `ws.relogin_secs` (its window is
-//!    in [`Windows`](super::window::Windows)), so the SPA can log in again and send a new
-//!    `auth` on the same connection (back to 1, as a task) — no reconnect
-//!    and no TCP teardown per logout. After that, close 4000.
+//!    in [`Windows`](super::window::Windows)), so the SPA can log in again
+//!    and send a new `auth` on the same connection (back to 1, as a task) —
+//!    no reconnect and no TCP teardown per logout. After that, close 4000.
 //! 5. **Close** (a task): send the close frame, wait briefly for the peer's,
 //!    drop.
 //!

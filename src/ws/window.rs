@@ -77,7 +77,9 @@ impl Windows {
         let mut q = self.lock();
         if q.shut {
             drop(q);
-            close(conns.iter().map(Arc::downgrade));
+            for conn in conns {
+                conn.close(CloseCode::LoggedOut);
+            }
             return;
         }
         let earliest_end = Instant::now() + self.length;
@@ -103,11 +105,17 @@ impl Windows {
     /// the rest, and any socket that logs out later, at once.
     pub async fn run(&self, shutdown: CancellationToken) {
         loop {
-            let next = self.close_ended(Instant::now());
+            // A bucket opened meanwhile ends after the current first one, so
+            // only an empty queue needs to hear of it.
+            let wait = async {
+                match self.close_ended(Instant::now()) {
+                    Some(end) => tokio::time::sleep_until(end).await,
+                    None => self.started.notified().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.started.notified(), if next.is_none() => {}
-                _ = sleep_until(next), if next.is_some() => {}
+                _ = wait => {}
             }
         }
         let rest = {
@@ -131,12 +139,6 @@ impl Windows {
         };
         close(ended.into_iter().flat_map(|b| b.conns));
         next
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at).await;
     }
 }
 

@@ -110,8 +110,9 @@ pub struct Rep {
     pub sat_server_busy_pct: f64,
     pub sat_generator_busy_pct: f64,
     pub bcast_cpu_us_per_delivery: f64,
-    /// The same, counting the work each delivery leaves behind (slo-hub's
-    /// acks, closes): server CPU until the server has been idle for 200 ms.
+    /// The same, counting work the server does after the last arrival (a
+    /// node peer's garbage collection, say): server CPU until the server has
+    /// been idle for 200 ms. (The broadcast's clients send no acks.)
     pub bcast_cpu_settled_us_per_delivery: f64,
     pub bcast_ms: f64,
     pub hs256_triggers_per_s: Option<f64>,
@@ -331,13 +332,14 @@ async fn run_rep(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let gen1 = servers::cpu_ns_of(std::process::id());
+    let cpu1 = server.cpu_ns();
     let triggers = (users.len() - lat_users) as f64;
-    r.sat_server_busy_pct = (server.cpu_ns() - cpu0) as f64 / 1e7 / elapsed;
+    r.sat_server_busy_pct = (cpu1 - cpu0) as f64 / 1e7 / elapsed;
     r.sat_generator_busy_pct = (gen1 - gen0) as f64 / 1e7 / elapsed;
     r.sat_triggers_per_s = triggers / elapsed;
-    r.sat_cpu_us_per_trigger = (server.cpu_ns() - cpu0) as f64 / 1000.0 / triggers;
+    r.sat_cpu_us_per_trigger = (cpu1 - cpu0) as f64 / 1000.0 / triggers;
     r.sat_p99_ms = percentile(&mut sat, 0.99) / 1000.0;
-    // (bench/profile-saturated.sh stops sampling here, before the teardown.)
+    // (bench/profile.sh saturated stops sampling here, before the teardown.)
     eprintln!("   saturated: done");
     for h in readers {
         h.abort();

@@ -110,8 +110,7 @@ impl Server {
         rss_kib_of(self.pid())
     }
 
-    /// CPU time of all the process's threads, in nanoseconds (schedstat has
-    /// nanosecond resolution; /proc/PID/stat only clock ticks).
+    /// The server's CPU time (see [`cpu_ns_of`]).
     pub fn cpu_ns(&self) -> u64 {
         cpu_ns_of(self.pid())
     }
