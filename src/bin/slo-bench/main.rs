@@ -117,6 +117,15 @@ pub struct Rep {
     pub bcast_ms: f64,
     pub hs256_triggers_per_s: Option<f64>,
     pub rs256_triggers_per_s: Option<f64>,
+    /// Authenticated triggers: server CPU time per trigger, so the server's
+    /// capacity per core (1e6 / this) shows even when the generator is the bound.
+    pub hs256_cpu_us_per_trigger: Option<f64>,
+    pub rs256_cpu_us_per_trigger: Option<f64>,
+    /// Connect phase: server CPU time per socket, and how busy the server's
+    /// and the generator's cores were (%).
+    pub connect_cpu_us_per_socket: f64,
+    pub connect_server_busy_pct: f64,
+    pub connect_generator_busy_pct: f64,
     /// Expected arrivals that never came (should be 0).
     pub missed: u64,
     /// Sockets that failed to connect (should be 0).
@@ -259,6 +268,8 @@ async fn run_rep(
     let board = Board::new(users.len(), true);
     let rss0 = server.rss_kib();
     let fds0 = server.fds();
+    let cpu0 = server.cpu_ns();
+    let gen0 = servers::cpu_ns_of(std::process::id());
     let started = Instant::now();
     let slots: Vec<(usize, &str, &str)> = (0..users.len())
         .flat_map(|u| (0..opts.tabs).map(move |_| u))
@@ -267,7 +278,13 @@ async fn run_rep(
     let (readers, failures) = connect_all(kind, addr, &board, &slots, opts.concurrency).await;
     let n_sockets = readers.len();
     r.connect_failures = failures;
-    r.connects_per_s = n_sockets as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = (server.cpu_ns() - cpu0) as f64;
+    r.connects_per_s = n_sockets as f64 / elapsed;
+    r.connect_cpu_us_per_socket = cpu / 1000.0 / n_sockets.max(1) as f64;
+    r.connect_server_busy_pct = cpu / 1e7 / elapsed;
+    r.connect_generator_busy_pct =
+        (servers::cpu_ns_of(std::process::id()) - gen0) as f64 / 1e7 / elapsed;
     // Let the allocator and (for node) the GC settle before reading RSS.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss1 = server.rss_kib();
@@ -297,14 +314,14 @@ async fn run_rep(
     // 3. Saturated: the remaining users, `concurrency` in flight.
     let next = Arc::new(AtomicUsize::new(lat_users));
     let users = Arc::new(users);
+    let conns = http::connected(addr, opts.concurrency).await;
     let cpu0 = server.cpu_ns();
     let gen0 = servers::cpu_ns_of(std::process::id());
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..opts.concurrency {
+    for mut http in conns {
         let (board, next, users, cred) = (board.clone(), next.clone(), users.clone(), cred.clone());
         workers.push(tokio::spawn(async move {
-            let mut http = http::HttpConn::new(addr);
             let mut lat = Vec::new();
             let mut missed = 0;
             loop {
@@ -389,8 +406,10 @@ async fn run_rep(
     // 5. Triggers authenticated by the users' own JWTs (slo-hub only).
     eprintln!("   authenticated triggers");
     if let (Kind::SloHub, Some(t)) = (kind, tokens) {
-        r.hs256_triggers_per_s = Some(auth_triggers(addr, &t.hs256, opts.concurrency).await);
-        r.rs256_triggers_per_s = Some(auth_triggers(addr, &t.rs256, opts.concurrency).await);
+        let (rate, cpu) = auth_triggers(server, &t.hs256, opts.concurrency).await;
+        (r.hs256_triggers_per_s, r.hs256_cpu_us_per_trigger) = (Some(rate), Some(cpu));
+        let (rate, cpu) = auth_triggers(server, &t.rs256, opts.concurrency).await;
+        (r.rs256_triggers_per_s, r.rs256_cpu_us_per_trigger) = (Some(rate), Some(cpu));
     }
     r
 }
@@ -459,8 +478,10 @@ async fn dev_tokens(addr: SocketAddr, users: &[String]) -> Vec<String> {
     out
 }
 
-/// Triggers/s with each user logging itself out with its own token.
-async fn auth_triggers(addr: SocketAddr, tokens: &[String], concurrency: usize) -> f64 {
+/// Triggers/s with each user logging itself out with its own token, and the
+/// server's CPU µs per trigger.
+async fn auth_triggers(server: &Server, tokens: &[String], concurrency: usize) -> (f64, f64) {
+    let addr = server.addr;
     let reqs: Arc<Vec<Vec<u8>>> = Arc::new(
         tokens
             .iter()
@@ -468,12 +489,13 @@ async fn auth_triggers(addr: SocketAddr, tokens: &[String], concurrency: usize) 
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
+    let conns = http::connected(addr, concurrency).await;
+    let cpu0 = server.cpu_ns();
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
+    for mut http in conns {
         let (reqs, next) = (reqs.clone(), next.clone());
         workers.push(tokio::spawn(async move {
-            let mut http = http::HttpConn::new(addr);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= reqs.len() {
@@ -487,7 +509,9 @@ async fn auth_triggers(addr: SocketAddr, tokens: &[String], concurrency: usize) 
     for w in workers {
         w.await.unwrap();
     }
-    tokens.len() as f64 / started.elapsed().as_secs_f64()
+    let rate = tokens.len() as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = (server.cpu_ns() - cpu0) as f64 / 1000.0 / tokens.len().max(1) as f64;
+    (rate, cpu_us)
 }
 
 pub fn percentile(v: &mut [f64], q: f64) -> f64 {

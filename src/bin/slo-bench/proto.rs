@@ -233,7 +233,7 @@ async fn handshake(
     user: &str,
     token: &str,
 ) -> io::Result<Socket> {
-    stream.set_nodelay(true)?;
+    crate::http::tune(&stream)?;
     let req = format!(
         "GET {} HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",

@@ -39,6 +39,11 @@ impl ServerResult {
             bcast_ms: med(|r| r.bcast_ms),
             hs256_triggers_per_s: med_opt(|r| r.hs256_triggers_per_s),
             rs256_triggers_per_s: med_opt(|r| r.rs256_triggers_per_s),
+            hs256_cpu_us_per_trigger: med_opt(|r| r.hs256_cpu_us_per_trigger),
+            rs256_cpu_us_per_trigger: med_opt(|r| r.rs256_cpu_us_per_trigger),
+            connect_cpu_us_per_socket: med(|r| r.connect_cpu_us_per_socket),
+            connect_server_busy_pct: med(|r| r.connect_server_busy_pct),
+            connect_generator_busy_pct: med(|r| r.connect_generator_busy_pct),
             missed: reps.iter().map(|r| r.missed).sum(),
             connect_failures: reps.iter().map(|r| r.connect_failures).sum(),
         };
@@ -249,22 +254,32 @@ fn markdown(results: &[ServerResult], command: &str, machine: &serde_json::Value
         );
     }
     for hub in hubs {
-        if let (Some(hs), Some(rs)) = (
-            hub.median.hs256_triggers_per_s,
-            hub.median.rs256_triggers_per_s,
+        let m = &hub.median;
+        if let (Some(hs), Some(rs), Some(hs_cpu), Some(rs_cpu)) = (
+            m.hs256_triggers_per_s,
+            m.rs256_triggers_per_s,
+            m.hs256_cpu_us_per_trigger,
+            m.rs256_cpu_us_per_trigger,
         ) {
             let _ = writeln!(
                 s,
-                "\n{}: triggers authenticated with the users' own tokens (64 in flight, no sockets): HS256 {:.0}/s, RS256 {:.0}/s.",
-                hub.label, hs, rs
+                "\n{}: triggers authenticated with the users' own tokens (64 in flight, no sockets): HS256 {hs:.0}/s ({hs_cpu:.1} µs server CPU each: {:.0}/s per core), RS256 {rs:.0}/s ({rs_cpu:.1} µs: {:.0}/s per core).",
+                hub.label,
+                1e6 / hs_cpu,
+                1e6 / rs_cpu
             );
         }
     }
     for r in results {
         let _ = writeln!(
             s,
-            "\n{}, 64 in flight: server core {:.0} % busy, load generator core {:.0} % busy.",
-            r.label, r.median.sat_server_busy_pct, r.median.sat_generator_busy_pct
+            "\n{}: 64 triggers in flight: server core {:.0} % busy, load generator core {:.0} % busy; connecting: server core {:.0} % busy ({:.1} µs per socket), load generator core {:.0} % busy.",
+            r.label,
+            r.median.sat_server_busy_pct,
+            r.median.sat_generator_busy_pct,
+            r.median.connect_server_busy_pct,
+            r.median.connect_cpu_us_per_socket,
+            r.median.connect_generator_busy_pct
         );
     }
     let missed: u64 = results
