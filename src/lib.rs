@@ -96,9 +96,9 @@ pub struct App {
     pub cors_origins: Vec<String>,
     /// Every task the hub spawns, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// The runtime the hub started on: parked sockets are woken from
-    /// whatever thread, and their work is spawned here.
-    pub runtime: tokio::runtime::Handle,
+    /// Parked sockets that were woken (from whatever thread), polled on the
+    /// runtime the hub started on.
+    pub(crate) woken: ws::parked::Woken,
     /// Cancelled once, when shutdown starts.
     pub shutdown: CancellationToken,
     /// Dev mode: a file holding an API key with every scope (new each start).
@@ -447,6 +447,7 @@ impl Hub {
             shutdown.clone(),
         )
         .map_err(|e| StartError::Auth(e.to_string()))?;
+        let woken = ws::parked::Woken::start(tasks.clone());
         let app = Arc::new(App {
             auth,
             registry,
@@ -468,7 +469,7 @@ impl Hub {
             notifier,
             pusher: pusher::Pusher::new(&config.pusher_apps),
             next_conn: AtomicU64::new(1),
-            runtime: tokio::runtime::Handle::current(),
+            woken,
             config,
         });
 
@@ -518,6 +519,8 @@ impl Hub {
                 self.app.tasks.len()
             );
         }
+        // Every socket woken above was polled (the tracker counted them).
+        self.app.woken.stop();
         // Last: in-flight triggers above have had their commits.
         self.app.revocation.close_journal();
     }

@@ -5,25 +5,160 @@
 //! than everything else a socket owns together. So once a socket is in its
 //! steady state it is *parked*: its state moves into a [`Parked`], which is
 //! itself the waker registered with the stream's readiness and with the
-//! connection's backlog. A wake-up spawns a short task that polls the state
-//! once and ends again when it is idle; when the steady state ends, that task
-//! goes on with its continuation ([`Idle::resume`]).
+//! connection's backlog. A wake-up puts it on the [`Woken`] queue, whose few
+//! long-lived tasks poll it once; when the steady state ends, its
+//! continuation ([`Idle::resume`]) gets a task of its own.
+//!
+//! Why a queue, not a task per wake-up: a trigger's acks wake its tabs'
+//! sockets, and a short task for each cost a spawn, and under load an
+//! `epoll` burst of them overflowed the worker's local run queue (256), so
+//! tokio moved half of it, HTTP connections included, to the global queue,
+//! which it serves only every few dozen polls: at 64 triggers in flight the
+//! p99 latency was 20-28 ms with acks and 4-6 ms without (slo-bench).
 //!
 //! Exactly one poll runs at a time: wake-ups during a poll are remembered
-//! (`NOTIFIED`) and answered by a fresh task, so a busy socket still yields
-//! to the others between rounds. After the steady state ends the state is
-//! taken out, so a waker left behind in the reactor or the backlog holds
-//! only this empty shell, never the connection (no reference cycle).
+//! (`NOTIFIED`) and answered by queueing again, so a busy socket still
+//! yields to the others between rounds. After the steady state ends the
+//! state is taken out, so a waker left behind in the reactor or the backlog
+//! holds only this empty shell, never the connection (no reference cycle).
 //!
 //! Must not: poll anything but the parked state's own `poll_idle`, or keep
 //! the state once it has ended.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
 use crate::App;
+
+/// Polls between two yields of a queue's task, so that HTTP connections
+/// and the rest interleave with a burst of wake-ups.
+const BUDGET: usize = 16;
+
+/// Parked sockets that were woken, and the tasks that poll them: one queue
+/// and task per runtime worker (a socket always goes to the same one).
+pub struct Woken {
+    shards: Box<[Arc<Shard>]>,
+    tasks: Vec<JoinHandle<()>>,
+    tracker: TaskTracker,
+    runtime: tokio::runtime::Handle,
+    stopped: AtomicBool,
+}
+
+/// One queue of woken sockets; each entry holds a tracker token, so that
+/// shutdown waits for the sockets woken but not yet polled as it waits for
+/// tasks.
+#[derive(Default)]
+struct Shard {
+    queue: Mutex<VecDeque<(Arc<dyn Run>, TaskTrackerToken)>>,
+    nonempty: Notify,
+}
+
+/// A woken parked state, type-erased for the queue.
+trait Run: Send + Sync {
+    fn run(self: Arc<Self>);
+}
+
+impl Woken {
+    /// Starts the queues' tasks on the current runtime; spawned work is
+    /// tracked by `tracker`.
+    pub fn start(tracker: TaskTracker) -> Woken {
+        let runtime = tokio::runtime::Handle::current();
+        let n = runtime.metrics().num_workers().max(1);
+        let shards: Box<[Arc<Shard>]> = (0..n).map(|_| Arc::new(Shard::default())).collect();
+        let tasks = shards
+            .iter()
+            .map(|s| runtime.spawn(drain(s.clone())))
+            .collect();
+        Woken {
+            shards,
+            tasks,
+            tracker,
+            runtime,
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn push(&self, woken: Arc<dyn Run>) {
+        if self.stopped.load(Ordering::Acquire) {
+            // The hub is gone; an entry now would never be polled and would
+            // keep the hub's state alive (entries hold it).
+            return;
+        }
+        // Sockets spread by address; one socket keeps its queue.
+        let key = Arc::as_ptr(&woken) as *const u8 as usize >> 6;
+        let shard = &self.shards[key % self.shards.len()];
+        let entry = (woken, self.tracker.token());
+        let was_empty = {
+            let mut q = shard.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.push_back(entry);
+            q.len() == 1
+        };
+        if was_empty {
+            // Stores a permit if the task is busy: no wake-up is lost.
+            shard.nonempty.notify_one();
+        }
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.tracker.spawn_on(f, &self.runtime);
+    }
+
+    /// Stops the queues' tasks; for after shutdown has waited for the
+    /// tracker (which counts every queued socket).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Left only if shutdown gave up waiting.
+        for s in self.shards.iter() {
+            s.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+}
+
+impl Drop for Woken {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A queue's task: polls what was woken, `BUDGET` at a time.
+async fn drain(shard: Arc<Shard>) {
+    let mut batch = VecDeque::new();
+    loop {
+        std::mem::swap(
+            &mut batch,
+            &mut *shard.queue.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        if batch.is_empty() {
+            shard.nonempty.notified().await;
+            continue;
+        }
+        let mut polled = 0;
+        while let Some((woken, token)) = batch.pop_front() {
+            // A panic ends that socket's poll, as it ended its own task
+            // before; the queue goes on with the others.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| woken.run())).is_err() {
+                tracing::error!("a parked socket's poll panicked");
+            }
+            drop(token);
+            polled += 1;
+            if polled % BUDGET == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
 
 /// A socket's state while it waits.
 pub trait Idle: Send + Sized + 'static {
@@ -66,7 +201,7 @@ pub fn park<S: Idle>(app: Arc<App>, idle: S) {
         // Ended at once (a logout won the race with `ready`): the caller's
         // task may not wait for the continuation, so it gets its own.
         let app = parked.app.clone();
-        parked.spawn(state.resume(app, end));
+        parked.app.woken.spawn(state.resume(app, end));
     }
 }
 
@@ -89,29 +224,24 @@ impl<S: Idle> Parked<S> {
             .is_err()
         {
             // Woken while polling (or the poll asked to yield): poll again
-            // from a fresh task, after the others have run.
+            // after the others queued.
             self.state.store(SCHEDULED, Ordering::Release);
-            self.spawn_poll();
+            self.app.woken.push(self.clone());
         }
         None
     }
+}
 
-    /// A short task that polls once; if the state ended, the same task goes
-    /// on with its continuation (one spawn per logout, not two).
-    fn spawn_poll(self: &Arc<Self>) {
-        let me = self.clone();
-        self.spawn(async move {
-            me.state.store(RUNNING, Ordering::Release);
-            if let Some((state, end)) = me.poll_now() {
-                let app = me.app.clone();
-                drop(me);
-                state.resume(app, end).await;
-            }
-        });
-    }
-
-    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
-        self.app.tasks.spawn_on(f, &self.app.runtime);
+impl<S: Idle> Run for Parked<S> {
+    /// Polls once; a state that ended goes on with its continuation in a
+    /// task of its own.
+    fn run(self: Arc<Self>) {
+        self.state.store(RUNNING, Ordering::Release);
+        if let Some((state, end)) = self.poll_now() {
+            let app = self.app.clone();
+            drop(self);
+            app.woken.spawn(state.resume(app.clone(), end));
+        }
     }
 }
 
@@ -134,7 +264,7 @@ impl<S: Idle> Wake for Parked<S> {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) if next == SCHEDULED => return self.spawn_poll(),
+                Ok(_) if next == SCHEDULED => return self.app.woken.push(self.clone()),
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }

@@ -6,7 +6,8 @@
 //!    argument relies on); send `ready` only if no logout got there first.
 //! 3. **Steady state, parked**: the task ends and the socket's state waits in
 //!    a [`parked::Parked`], registered with the stream's readiness and the
-//!    waker in `Conn`; a wake-up polls it in a short task. It holds no read
+//!    waker in `Conn`; a wake-up queues it for one of a few long-lived
+//!    tasks that poll woken sockets. It holds no read
 //!    buffer: a read borrows a stack buffer inside a synchronous function,
 //!    and only an incomplete frame is kept on the heap.
 //! 4. **Logged out** (still parked): the socket is out of the registry; it
