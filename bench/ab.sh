@@ -31,8 +31,10 @@ python3 - "$out" "$@" <<'PY'
 import glob, json, statistics, sys
 out, pairs = sys.argv[1], sys.argv[2:]
 keys = ["kib_per_socket", "lat_p50_us", "lat_p99_us", "sat_triggers_per_s",
-        "sat_cpu_us_per_trigger", "bcast_cpu_us_per_delivery", "connects_per_s",
-        "hs256_triggers_per_s", "rs256_triggers_per_s"]
+        "sat_p99_ms", "sat_cpu_us_per_trigger", "bcast_cpu_us_per_delivery",
+        "connects_per_s", "connect_cpu_us_per_socket", "hs256_triggers_per_s",
+        "hs256_cpu_us_per_trigger", "rs256_triggers_per_s", "rs256_cpu_us_per_trigger",
+        "missed"]
 for label in (p.split("=", 1)[0] for p in pairs):
     reps = [json.load(open(f))["servers"][0]["median"]
             for f in sorted(glob.glob(f"{out}/{label}/*.json"))]
