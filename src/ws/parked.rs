@@ -167,8 +167,7 @@ pub trait Idle: Send + Sized + 'static {
     /// Checks for work and does it; registers `cx`'s waker with everything
     /// that may bring more before returning `Pending`.
     fn poll_idle(&mut self, app: &App, cx: &mut Context<'_>) -> Poll<Self::End>;
-    /// What follows the idle state; runs in the task whose poll saw the end
-    /// (or, if the very first poll did, in a task of its own).
+    /// What follows the idle state; runs in a task of its own.
     fn resume(self, app: Arc<App>, end: Self::End) -> impl Future<Output = ()> + Send + 'static;
 }
 
@@ -358,7 +357,7 @@ mod tests {
             },
         );
         // The first poll happens in `park`; each wake-up from inside a poll
-        // brings exactly one more poll, from a fresh task.
+        // brings exactly one more poll, through the queue.
         next_poll(&mut polls).await;
         next_poll(&mut polls).await;
         let waker = next_poll(&mut polls).await;
