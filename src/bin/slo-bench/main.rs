@@ -80,6 +80,10 @@ pub struct Opts {
     /// A label for this run's slo-hub variant in the report.
     #[arg(long, default_value = "")]
     hub_label: String,
+    /// slo-hub's clients do not acknowledge logouts (the peers' clients never
+    /// do): shows what the acks cost slo-hub's trigger.
+    #[arg(long)]
+    no_acks: bool,
     /// Instead of the comparison: slo-hub's trigger-to-last-tab latency on
     /// one node versus this many nodes sharing a Redis (needs redis-server).
     #[arg(long)]
@@ -265,7 +269,7 @@ async fn run_rep(
 
     eprintln!("   connect {} users x {} tabs", users.len(), opts.tabs);
     // 1. Connect, then idle memory.
-    let board = Board::new(users.len(), true);
+    let board = Board::new(users.len(), !opts.no_acks);
     let rss0 = server.rss_kib();
     let fds0 = server.fds();
     let cpu0 = server.cpu_ns();
