@@ -10,11 +10,12 @@
 //! continuation ([`Idle::resume`]) gets a task of its own.
 //!
 //! Why a queue, not a task per wake-up: a trigger's acks wake its tabs'
-//! sockets, and a short task for each cost a spawn, and under load an
-//! `epoll` burst of them overflowed the worker's local run queue (256), so
-//! tokio moved half of it, HTTP connections included, to the global queue,
-//! which it serves only every few dozen polls: at 64 triggers in flight the
-//! p99 latency was 20-28 ms with acks and 4-6 ms without (slo-bench).
+//! sockets, and a short task for each cost a spawn. Measured (slo-bench, 64
+//! triggers in flight): p99 20-39 ms with acks, 4-6 ms without, 6-10 ms
+//! with this queue. The likely mechanism, inferred and not traced: an
+//! `epoll` burst of spawns overflows the worker's local run queue (256), and
+//! tokio then moves half of it, HTTP connections included, to the global
+//! queue, which it serves only every few dozen polls.
 //!
 //! Exactly one poll runs at a time: wake-ups during a poll are remembered
 //! (`NOTIFIED`) and answered by queueing again, so a busy socket still

@@ -29,12 +29,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proto::{Board, Kind, TriggerCred};
-use servers::{Env, Server};
+use servers::{Env, Meter, Server};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -272,9 +272,7 @@ async fn run_rep(
     let board = Board::new(users.len(), !opts.no_acks);
     let rss0 = server.rss_kib();
     let fds0 = server.fds();
-    let cpu0 = server.cpu_ns();
-    let gen0 = servers::cpu_ns_of(std::process::id());
-    let started = Instant::now();
+    let meter = Meter::start(server);
     let slots: Vec<(usize, &str, &str)> = (0..users.len())
         .flat_map(|u| (0..opts.tabs).map(move |_| u))
         .map(|u| (u, users[u].as_str(), user_tokens[u].as_str()))
@@ -282,13 +280,11 @@ async fn run_rep(
     let (readers, failures) = connect_all(kind, addr, &board, &slots, opts.concurrency).await;
     let n_sockets = readers.len();
     r.connect_failures = failures;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = (server.cpu_ns() - cpu0) as f64;
-    r.connects_per_s = n_sockets as f64 / elapsed;
-    r.connect_cpu_us_per_socket = cpu / 1000.0 / n_sockets.max(1) as f64;
-    r.connect_server_busy_pct = cpu / 1e7 / elapsed;
-    r.connect_generator_busy_pct =
-        (servers::cpu_ns_of(std::process::id()) - gen0) as f64 / 1e7 / elapsed;
+    let m = meter.stop(server);
+    r.connects_per_s = m.rate(n_sockets);
+    r.connect_cpu_us_per_socket = m.server_us_per(n_sockets);
+    r.connect_server_busy_pct = m.server_busy_pct();
+    r.connect_generator_busy_pct = m.generator_busy_pct();
     // Let the allocator and (for node) the GC settle before reading RSS.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss1 = server.rss_kib();
@@ -319,9 +315,7 @@ async fn run_rep(
     let next = Arc::new(AtomicUsize::new(lat_users));
     let users = Arc::new(users);
     let conns = http::connected(addr, opts.concurrency).await;
-    let cpu0 = server.cpu_ns();
-    let gen0 = servers::cpu_ns_of(std::process::id());
-    let started = Instant::now();
+    let meter = Meter::start(server);
     let mut workers = Vec::new();
     for mut http in conns {
         let (board, next, users, cred) = (board.clone(), next.clone(), users.clone(), cred.clone());
@@ -351,14 +345,12 @@ async fn run_rep(
         sat.extend(l);
         r.missed += m;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let gen1 = servers::cpu_ns_of(std::process::id());
-    let cpu1 = server.cpu_ns();
-    let triggers = (users.len() - lat_users) as f64;
-    r.sat_server_busy_pct = (cpu1 - cpu0) as f64 / 1e7 / elapsed;
-    r.sat_generator_busy_pct = (gen1 - gen0) as f64 / 1e7 / elapsed;
-    r.sat_triggers_per_s = triggers / elapsed;
-    r.sat_cpu_us_per_trigger = (cpu1 - cpu0) as f64 / 1000.0 / triggers;
+    let m = meter.stop(server);
+    let triggers = users.len() - lat_users;
+    r.sat_server_busy_pct = m.server_busy_pct();
+    r.sat_generator_busy_pct = m.generator_busy_pct();
+    r.sat_triggers_per_s = m.rate(triggers);
+    r.sat_cpu_us_per_trigger = m.server_us_per(triggers);
     r.sat_p99_ms = percentile(&mut sat, 0.99) / 1000.0;
     // (bench/profile.sh saturated stops sampling here, before the teardown.)
     eprintln!("   saturated: done");
@@ -494,8 +486,7 @@ async fn auth_triggers(server: &Server, tokens: &[String], concurrency: usize) -
     );
     let next = Arc::new(AtomicUsize::new(0));
     let conns = http::connected(addr, concurrency).await;
-    let cpu0 = server.cpu_ns();
-    let started = Instant::now();
+    let meter = Meter::start(server);
     let mut workers = Vec::new();
     for mut http in conns {
         let (reqs, next) = (reqs.clone(), next.clone());
@@ -513,9 +504,8 @@ async fn auth_triggers(server: &Server, tokens: &[String], concurrency: usize) -
     for w in workers {
         w.await.unwrap();
     }
-    let rate = tokens.len() as f64 / started.elapsed().as_secs_f64();
-    let cpu_us = (server.cpu_ns() - cpu0) as f64 / 1000.0 / tokens.len().max(1) as f64;
-    (rate, cpu_us)
+    let m = meter.stop(server);
+    (m.rate(tokens.len()), m.server_us_per(tokens.len()))
 }
 
 pub fn percentile(v: &mut [f64], q: f64) -> f64 {

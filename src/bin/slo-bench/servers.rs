@@ -293,3 +293,58 @@ pub fn cpu_ns_of(pid: u32) -> u64 {
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// CPU time of the server and of this load generator, and wall time, over
+/// one phase.
+pub struct Meter {
+    started: std::time::Instant,
+    server0: u64,
+    generator0: u64,
+}
+
+/// What a [`Meter`] saw.
+pub struct Measured {
+    secs: f64,
+    server_ns: u64,
+    generator_ns: u64,
+}
+
+impl Meter {
+    pub fn start(server: &Server) -> Meter {
+        Meter {
+            server0: server.cpu_ns(),
+            generator0: cpu_ns_of(std::process::id()),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn stop(&self, server: &Server) -> Measured {
+        Measured {
+            secs: self.started.elapsed().as_secs_f64(),
+            server_ns: server.cpu_ns() - self.server0,
+            generator_ns: cpu_ns_of(std::process::id()) - self.generator0,
+        }
+    }
+}
+
+impl Measured {
+    /// `n` per second of wall time.
+    pub fn rate(&self, n: usize) -> f64 {
+        n as f64 / self.secs
+    }
+
+    /// Server CPU µs per one of `n` things done.
+    pub fn server_us_per(&self, n: usize) -> f64 {
+        self.server_ns as f64 / 1000.0 / n.max(1) as f64
+    }
+
+    /// How busy the server's core was (CPU time / wall time, %).
+    pub fn server_busy_pct(&self) -> f64 {
+        self.server_ns as f64 / 1e7 / self.secs
+    }
+
+    /// How busy the load generator's core was (%).
+    pub fn generator_busy_pct(&self) -> f64 {
+        self.generator_ns as f64 / 1e7 / self.secs
+    }
+}
