@@ -133,7 +133,9 @@ fn machine() -> serde_json::Value {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     serde_json::json!({
         "cpu": model,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        // The machine's CPUs, not this process's: bench/run.sh pins the load
+        // generator to one, and `available_parallelism` counts only those.
+        "cpus": cpuinfo.lines().filter(|l| l.starts_with("processor")).count(),
         "kernel": kernel.trim(),
     })
 }
