@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Samples slo-hub's CPU (perf, software cpu-clock event: no hardware counters
 # on these VMs) during one phase of slo-bench:
-#   saturated — 64 triggers in flight, 3 tabs each; perf attaches when the
-#               latency phase starts (100 triggers, ~20 ms) and stops before
-#               the load generator tears its 15,000 sockets down;
+#   saturated — 64 triggers in flight, 3 tabs each, one round (so no
+#               re-login in the profile); perf attaches when the latency
+#               phase starts (100 triggers, ~20 ms) and stops before the
+#               load generator tears its 15,000 sockets down;
 #   broadcast — one logout to 15,000 sockets of one user; perf attaches once
 #               they are connected (the trigger follows 500 ms later) and
 #               stops when the server is idle again.
@@ -21,7 +22,7 @@ ulimit -n "$(ulimit -Hn)"
 log=$(mktemp)
 data=/tmp/slo-hub-$phase.data
 taskset -c 1 target/release/slo-bench --servers slo-hub --reps 1 \
-  --latency-triggers 100 --out "$(mktemp -d)" >"$log" 2>&1 &
+  --latency-triggers 100 --rounds 1 --out "$(mktemp -d)" >"$log" 2>&1 &
 bench=$!
 until grep -q "$start" "$log"; do
   kill -0 "$bench" 2>/dev/null || { cat "$log"; exit 1; }

@@ -8,8 +8,9 @@
 //!    once → sockets/s; **idle memory**: RSS growth / sockets after 1 s.
 //! 2. **latency**: `--latency-triggers` users, one trigger at a time →
 //!    trigger request written → last tab's frame read, p50/p99.
-//! 3. **saturated**: the remaining users, `--concurrency` triggers in flight →
-//!    triggers/s and p99.
+//! 3. **saturated**: the remaining users, `--concurrency` triggers in flight,
+//!    `--rounds` times (slo-hub's sockets log in again between rounds, untimed)
+//!    → triggers/s, server CPU per trigger and p99.
 //! 4. **broadcast**: users × tabs sockets of one user, one trigger → server
 //!    CPU per delivered message.
 //! 5. slo-hub only, **authenticated triggers**: users' own HS256 and RS256
@@ -34,7 +35,7 @@ use std::time::Duration;
 use clap::Parser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proto::{Board, Kind, TriggerCred};
-use servers::{Env, Meter, Server};
+use servers::{Env, Measured, Meter, Server};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -58,6 +59,12 @@ pub struct Opts {
     /// Connects and triggers in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Rounds of the saturated phase: each triggers every one of its users
+    /// once. Between rounds, untimed, slo-hub's logged-out sockets log in
+    /// again on the same socket with a fresh token (the peers' sockets stay
+    /// subscribed), so the phase runs long enough to measure.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Triggers per authenticated-trigger phase (slo-hub only).
     #[arg(long, default_value_t = 8000)]
     auth_triggers: usize,
@@ -311,42 +318,84 @@ async fn run_rep(
     r.lat_p99_us = percentile(&mut lat, 0.99);
 
     eprintln!("   saturated");
-    // 3. Saturated: the remaining users, `concurrency` in flight.
-    let next = Arc::new(AtomicUsize::new(lat_users));
+    // 3. Saturated: the remaining users, `concurrency` in flight, `rounds` times.
     let users = Arc::new(users);
     let conns = http::connected(addr, opts.concurrency).await;
-    let meter = Meter::start(server);
-    let mut workers = Vec::new();
-    for mut http in conns {
-        let (board, next, users, cred) = (board.clone(), next.clone(), users.clone(), cred.clone());
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut missed = 0;
-            loop {
-                let u = next.fetch_add(1, Ordering::Relaxed);
-                if u >= users.len() {
-                    return (lat, missed);
-                }
-                let req = kind.trigger(&users[u], &cred);
-                let t0 = board.now_ns();
-                let (status, _) = http.request(&req).await.expect("trigger");
-                assert!(status < 300, "trigger answered {status}");
-                if await_arrivals(&board, u, tabs, Duration::from_secs(5)).await {
-                    lat.push((board.slot(u).last_ns.load(Ordering::Acquire) - t0) as f64 / 1000.0);
-                } else {
-                    missed += 1;
-                }
-            }
-        }));
-    }
+    let mut measured = Measured::default();
     let mut sat = Vec::new();
-    for w in workers {
-        let (l, m) = w.await.unwrap();
-        sat.extend(l);
-        r.missed += m;
+    let mut conns = Some(conns);
+    for round in 0..opts.rounds.max(1) {
+        if round > 0 && kind == Kind::SloHub {
+            let fresh = dev_tokens(addr, &users[lat_users..]).await;
+            let sockets = (users.len() - lat_users) * opts.tabs;
+            let failed = board
+                .relogin(
+                    lat_users..users.len(),
+                    &fresh,
+                    sockets,
+                    Duration::from_secs(30),
+                )
+                .await;
+            if failed > 0 {
+                eprintln!("   re-login: {failed} of {sockets} sockets not ready");
+            }
+            r.connect_failures += failed as u64;
+        } else if round > 0 {
+            for u in lat_users..users.len() {
+                board.slot(u).arrived.store(0, Ordering::Release);
+            }
+        }
+        let next = Arc::new(AtomicUsize::new(lat_users));
+        let meter = Meter::start(server);
+        let mut workers = Vec::new();
+        for mut http in conns
+            .take()
+            .expect("connections are handed back each round")
+        {
+            let (board, next, users, cred) =
+                (board.clone(), next.clone(), users.clone(), cred.clone());
+            workers.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut missed = 0;
+                loop {
+                    let u = next.fetch_add(1, Ordering::Relaxed);
+                    if u >= users.len() {
+                        return (http, lat, missed);
+                    }
+                    let req = kind.trigger(&users[u], &cred);
+                    let t0 = board.now_ns();
+                    let (status, _) = http.request(&req).await.expect("trigger");
+                    assert!(status < 300, "trigger answered {status}");
+                    if await_arrivals(&board, u, tabs, Duration::from_secs(5)).await {
+                        lat.push(
+                            (board.slot(u).last_ns.load(Ordering::Acquire) - t0) as f64 / 1000.0,
+                        );
+                    } else {
+                        missed += 1;
+                    }
+                }
+            }));
+        }
+        let mut back = Vec::with_capacity(workers.len());
+        for w in workers {
+            let (http, l, m) = w.await.unwrap();
+            back.push(http);
+            sat.extend(l);
+            r.missed += m;
+        }
+        let m = meter.stop(server);
+        let n = users.len() - lat_users;
+        eprintln!(
+            "   round {}: {:.0} triggers/s, {:.1} µs server CPU each",
+            round + 1,
+            m.rate(n),
+            m.server_us_per(n)
+        );
+        measured += m;
+        conns = Some(back);
     }
-    let m = meter.stop(server);
-    let triggers = users.len() - lat_users;
+    let m = measured;
+    let triggers = (users.len() - lat_users) * opts.rounds.max(1);
     r.sat_server_busy_pct = m.server_busy_pct();
     r.sat_generator_busy_pct = m.generator_busy_pct();
     r.sat_triggers_per_s = m.rate(triggers);

@@ -6,14 +6,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use md5::{Digest, Md5};
 use slo_hub::ws::codec::{self, Decoder, Flow, Message, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::http;
 
@@ -150,6 +150,9 @@ pub struct Board {
     /// Whether slo-hub sockets acknowledge logouts (off where the phase
     /// measures delivery cost alone).
     acks: bool,
+    /// slo-hub sockets that answered a re-login with `ready`.
+    relogged: AtomicUsize,
+    relogged_notify: Notify,
 }
 
 pub struct Slot {
@@ -157,6 +160,10 @@ pub struct Slot {
     /// Nanoseconds since `base` of the latest arrival.
     pub last_ns: AtomicU64,
     pub notify: Notify,
+    /// A fresh token for the user's logged-out slo-hub sockets: each sends
+    /// `auth` with it on the same socket, as a tab does after the user logs
+    /// in again.
+    relogin: watch::Sender<Arc<str>>,
 }
 
 impl Board {
@@ -164,14 +171,47 @@ impl Board {
         Arc::new(Board {
             base: Instant::now(),
             acks,
+            relogged: AtomicUsize::new(0),
+            relogged_notify: Notify::new(),
             slots: (0..users)
                 .map(|_| Slot {
                     arrived: AtomicU32::new(0),
                     last_ns: AtomicU64::new(0),
                     notify: Notify::new(),
+                    relogin: watch::Sender::new(Arc::from("")),
                 })
                 .collect(),
         })
+    }
+
+    /// Logs the sockets of `slots` in again, each user with its token, and
+    /// waits (at most `timeout`) until `sockets` of them are ready again.
+    /// Returns how many were not. Their arrival counts start again at zero.
+    pub async fn relogin(
+        &self,
+        slots: std::ops::Range<usize>,
+        tokens: &[String],
+        sockets: usize,
+        timeout: std::time::Duration,
+    ) -> usize {
+        self.relogged.store(0, Ordering::Release);
+        for (i, token) in slots.zip(tokens) {
+            self.slots[i].arrived.store(0, Ordering::Release);
+            self.slots[i]
+                .relogin
+                .send_replace(Arc::from(token.as_str()));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.relogged_notify.notified();
+            let done = self.relogged.load(Ordering::Acquire);
+            if done >= sockets {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return sockets - self.relogged.load(Ordering::Acquire).min(sockets);
+            }
+        }
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -341,6 +381,7 @@ impl Socket {
 /// slot `slot` and answering as a real client would (acks, heartbeats, pongs).
 pub async fn run_socket(kind: Kind, mut s: Socket, board: Arc<Board>, slot: usize) {
     let mut chunk = vec![0u8; 2048];
+    let mut relogin = board.slot(slot).relogin.subscribe();
     loop {
         let mut replies: Vec<u8> = Vec::new();
         let mut closed = false;
@@ -349,6 +390,9 @@ pub async fn run_socket(kind: Kind, mut s: Socket, board: Arc<Board>, slot: usiz
                 Message::Text(t) => {
                     if kind.is_push(t) {
                         board.arrive(slot);
+                    } else if kind == Kind::SloHub && t.starts_with(r#"{"type":"ready""#) {
+                        board.relogged.fetch_add(1, Ordering::AcqRel);
+                        board.relogged_notify.notify_one();
                     }
                     let ack = kind == Kind::SloHub && t.starts_with(r#"{"type":"logout""#);
                     if let Some(r) = kind.reply(t).filter(|_| board.acks || !ack) {
@@ -372,9 +416,18 @@ pub async fn run_socket(kind: Kind, mut s: Socket, board: Arc<Board>, slot: usiz
         if closed {
             return;
         }
-        match s.stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => s.buf.extend_from_slice(&chunk[..n]),
+        tokio::select! {
+            read = s.stream.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => s.buf.extend_from_slice(&chunk[..n]),
+            },
+            Ok(()) = relogin.changed() => {
+                let token = relogin.borrow_and_update().clone();
+                let auth = format!(r#"{{"type":"auth","token":"{token}"}}"#);
+                if s.stream.write_all(&masked_text(&auth)).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

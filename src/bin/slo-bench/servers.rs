@@ -302,7 +302,8 @@ pub struct Meter {
     generator0: u64,
 }
 
-/// What a [`Meter`] saw.
+/// What a [`Meter`] saw; several add up (a phase timed in rounds).
+#[derive(Default)]
 pub struct Measured {
     secs: f64,
     server_ns: u64,
@@ -324,6 +325,14 @@ impl Meter {
             server_ns: server.cpu_ns() - self.server0,
             generator_ns: cpu_ns_of(std::process::id()) - self.generator0,
         }
+    }
+}
+
+impl std::ops::AddAssign for Measured {
+    fn add_assign(&mut self, other: Measured) {
+        self.secs += other.secs;
+        self.server_ns += other.server_ns;
+        self.generator_ns += other.generator_ns;
     }
 }
 
