@@ -120,6 +120,11 @@ pub struct Rep {
     /// rate measured is the generator's, not the server's.
     pub sat_server_busy_pct: f64,
     pub sat_generator_busy_pct: f64,
+    /// Saturated phase, server CPU per trigger in the first round (sockets
+    /// idle since they connected, as a logout hub's usually are) and in the
+    /// later ones (caches warm, node peers' JIT done); NaN with one round.
+    pub sat_first_round_cpu_us: f64,
+    pub sat_later_rounds_cpu_us: f64,
     pub bcast_cpu_us_per_delivery: f64,
     /// The same, counting work the server does after the last arrival (a
     /// node peer's garbage collection, say): server CPU until the server has
@@ -322,6 +327,7 @@ async fn run_rep(
     let users = Arc::new(users);
     let conns = http::connected(addr, opts.concurrency).await;
     let mut measured = Measured::default();
+    let mut later = Measured::default();
     let mut sat = Vec::new();
     let mut conns = Some(conns);
     for round in 0..opts.rounds.max(1) {
@@ -391,9 +397,20 @@ async fn run_rep(
             m.rate(n),
             m.server_us_per(n)
         );
+        if round == 0 {
+            r.sat_first_round_cpu_us = m.server_us_per(n);
+        }
+        if round > 0 {
+            later += m;
+        }
         measured += m;
         conns = Some(back);
     }
+    r.sat_later_rounds_cpu_us = if opts.rounds > 1 {
+        later.server_us_per((users.len() - lat_users) * (opts.rounds - 1))
+    } else {
+        f64::NAN
+    };
     let m = measured;
     let triggers = (users.len() - lat_users) * opts.rounds.max(1);
     r.sat_server_busy_pct = m.server_busy_pct();

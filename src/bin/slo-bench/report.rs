@@ -34,6 +34,8 @@ impl ServerResult {
             sat_cpu_us_per_trigger: med(|r| r.sat_cpu_us_per_trigger),
             sat_server_busy_pct: med(|r| r.sat_server_busy_pct),
             sat_generator_busy_pct: med(|r| r.sat_generator_busy_pct),
+            sat_first_round_cpu_us: med(|r| r.sat_first_round_cpu_us),
+            sat_later_rounds_cpu_us: med(|r| r.sat_later_rounds_cpu_us),
             bcast_cpu_us_per_delivery: med(|r| r.bcast_cpu_us_per_delivery),
             bcast_cpu_settled_us_per_delivery: med(|r| r.bcast_cpu_settled_us_per_delivery),
             bcast_ms: med(|r| r.bcast_ms),
@@ -54,6 +56,17 @@ impl ServerResult {
             reps,
         }
     }
+}
+
+/// The saturated phase's first round against the later ones, if any.
+fn rounds(r: &Rep) -> String {
+    if r.sat_later_rounds_cpu_us.is_nan() {
+        return String::new();
+    }
+    format!(
+        ", server CPU per trigger {:.1} µs in the first round and {:.1} µs in the later ones",
+        r.sat_first_round_cpu_us, r.sat_later_rounds_cpu_us
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -275,10 +288,11 @@ fn markdown(results: &[ServerResult], command: &str, machine: &serde_json::Value
     for r in results {
         let _ = writeln!(
             s,
-            "\n{}: 64 triggers in flight: server core {:.0} % busy, load generator core {:.0} % busy; connecting: server core {:.0} % busy ({:.1} µs per socket), load generator core {:.0} % busy.",
+            "\n{}: 64 triggers in flight: server core {:.0} % busy, load generator core {:.0} % busy{}; connecting: server core {:.0} % busy ({:.1} µs per socket), load generator core {:.0} % busy.",
             r.label,
             r.median.sat_server_busy_pct,
             r.median.sat_generator_busy_pct,
+            rounds(&r.median),
             r.median.connect_server_busy_pct,
             r.median.connect_cpu_us_per_socket,
             r.median.connect_generator_busy_pct

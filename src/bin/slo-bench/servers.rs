@@ -303,7 +303,7 @@ pub struct Meter {
 }
 
 /// What a [`Meter`] saw; several add up (a phase timed in rounds).
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub struct Measured {
     secs: f64,
     server_ns: u64,
