@@ -144,7 +144,8 @@ pub struct Rep {
     pub connect_generator_busy_pct: f64,
     /// Expected arrivals that never came (should be 0).
     pub missed: u64,
-    /// Sockets that failed to connect (should be 0).
+    /// Sockets that failed to connect, or to log in again between the
+    /// saturated phase's rounds (should be 0).
     pub connect_failures: u64,
 }
 
@@ -325,15 +326,21 @@ async fn run_rep(
     eprintln!("   saturated");
     // 3. Saturated: the remaining users, `concurrency` in flight, `rounds` times.
     let users = Arc::new(users);
-    let conns = http::connected(addr, opts.concurrency).await;
+    let rounds = opts.rounds.max(1);
+    let per_round = users.len() - lat_users;
+    let mut conns = http::connected(addr, opts.concurrency).await;
     let mut measured = Measured::default();
     let mut later = Measured::default();
     let mut sat = Vec::new();
-    let mut conns = Some(conns);
-    for round in 0..opts.rounds.max(1) {
+    for round in 0..rounds {
+        if round > 0 {
+            for u in lat_users..users.len() {
+                board.slot(u).arrived.store(0, Ordering::Release);
+            }
+        }
         if round > 0 && kind == Kind::SloHub {
             let fresh = dev_tokens(addr, &users[lat_users..]).await;
-            let sockets = (users.len() - lat_users) * opts.tabs;
+            let sockets = per_round * opts.tabs;
             let failed = board
                 .relogin(
                     lat_users..users.len(),
@@ -346,18 +353,11 @@ async fn run_rep(
                 eprintln!("   re-login: {failed} of {sockets} sockets not ready");
             }
             r.connect_failures += failed as u64;
-        } else if round > 0 {
-            for u in lat_users..users.len() {
-                board.slot(u).arrived.store(0, Ordering::Release);
-            }
         }
         let next = Arc::new(AtomicUsize::new(lat_users));
         let meter = Meter::start(server);
         let mut workers = Vec::new();
-        for mut http in conns
-            .take()
-            .expect("connections are handed back each round")
-        {
+        for mut http in std::mem::take(&mut conns) {
             let (board, next, users, cred) =
                 (board.clone(), next.clone(), users.clone(), cred.clone());
             workers.push(tokio::spawn(async move {
@@ -382,37 +382,33 @@ async fn run_rep(
                 }
             }));
         }
-        let mut back = Vec::with_capacity(workers.len());
         for w in workers {
             let (http, l, m) = w.await.unwrap();
-            back.push(http);
+            conns.push(http);
             sat.extend(l);
             r.missed += m;
         }
         let m = meter.stop(server);
-        let n = users.len() - lat_users;
         eprintln!(
             "   round {}: {:.0} triggers/s, {:.1} µs server CPU each",
             round + 1,
-            m.rate(n),
-            m.server_us_per(n)
+            m.rate(per_round),
+            m.server_us_per(per_round)
         );
         if round == 0 {
-            r.sat_first_round_cpu_us = m.server_us_per(n);
-        }
-        if round > 0 {
+            r.sat_first_round_cpu_us = m.server_us_per(per_round);
+        } else {
             later += m;
         }
         measured += m;
-        conns = Some(back);
     }
-    r.sat_later_rounds_cpu_us = if opts.rounds > 1 {
-        later.server_us_per((users.len() - lat_users) * (opts.rounds - 1))
+    r.sat_later_rounds_cpu_us = if rounds > 1 {
+        later.server_us_per(per_round * (rounds - 1))
     } else {
         f64::NAN
     };
     let m = measured;
-    let triggers = (users.len() - lat_users) * opts.rounds.max(1);
+    let triggers = per_round * rounds;
     r.sat_server_busy_pct = m.server_busy_pct();
     r.sat_generator_busy_pct = m.generator_busy_pct();
     r.sat_triggers_per_s = m.rate(triggers);

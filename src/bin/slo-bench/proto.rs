@@ -186,7 +186,7 @@ impl Board {
 
     /// Logs the sockets of `slots` in again, each user with its token, and
     /// waits (at most `timeout`) until `sockets` of them are ready again.
-    /// Returns how many were not. Their arrival counts start again at zero.
+    /// Returns how many were not.
     pub async fn relogin(
         &self,
         slots: std::ops::Range<usize>,
@@ -196,7 +196,6 @@ impl Board {
     ) -> usize {
         self.relogged.store(0, Ordering::Release);
         for (i, token) in slots.zip(tokens) {
-            self.slots[i].arrived.store(0, Ordering::Release);
             self.slots[i]
                 .relogin
                 .send_replace(Arc::from(token.as_str()));
@@ -204,8 +203,7 @@ impl Board {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.relogged_notify.notified();
-            let done = self.relogged.load(Ordering::Acquire);
-            if done >= sockets {
+            if self.relogged.load(Ordering::Acquire) >= sockets {
                 return 0;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
