@@ -257,6 +257,25 @@ pub struct ClientSettings {
     /// afterwards (exact match).
     #[serde(default)]
     pub post_logout_redirect_uris: Vec<String>,
+    /// A confidential client: hex SHA-256 of its secret (`client_secret_basic`
+    /// or `client_secret_post`). With this or `client_keys` set, every token
+    /// request of the client must authenticate; without, it is public.
+    #[serde(default)]
+    pub client_secret_sha256: Option<String>,
+    /// A confidential client's public keys for `private_key_jwt` (RFC 7523
+    /// client assertions).
+    #[serde(default)]
+    pub client_keys: Vec<StaticKey>,
+    /// Native: besides its own, the clients whose subject tokens it may
+    /// exchange (RFC 8693): a token's `azp`, `client_id` or `aud` must name
+    /// this client or one of these.
+    #[serde(default)]
+    pub token_exchange_subject_clients: Vec<String>,
+    /// Native: a session opened by token exchange may outlive the subject
+    /// token (by default it ends when the subject token expires, and with
+    /// its upstream session's logout either way).
+    #[serde(default)]
+    pub token_exchange_outlives_subject: bool,
 }
 
 fn yes() -> bool {
@@ -293,7 +312,16 @@ impl ClientSettings {
             backchannel_logout_uri: None,
             frontchannel_logout_uri: None,
             post_logout_redirect_uris: Vec::new(),
+            client_secret_sha256: None,
+            client_keys: Vec::new(),
+            token_exchange_subject_clients: Vec::new(),
+            token_exchange_outlives_subject: false,
         }
+    }
+
+    /// Whether the client must authenticate at the token endpoint.
+    pub fn is_confidential(&self) -> bool {
+        self.client_secret_sha256.is_some() || !self.client_keys.is_empty()
     }
 }
 
@@ -952,6 +980,33 @@ impl Config {
                     ));
                 }
             }
+            if let Some(h) = &c.client_secret_sha256
+                && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(invalid(
+                    key("client_secret_sha256"),
+                    "must be 64 hex digits (the SHA-256 of the secret)",
+                ));
+            }
+            for (j, k) in c.client_keys.iter().enumerate() {
+                if k.pem.is_some() == k.jwk.is_some() {
+                    return Err(invalid(
+                        format!("clients[{i}].client_keys[{j}]"),
+                        "give exactly one of pem and jwk",
+                    ));
+                }
+            }
+            if let Some(fc) = &c.frontchannel_logout_uri {
+                // Front-Channel Logout 1.0 §2: its origin must be that of one
+                // of the client's redirect URIs.
+                let origin = origin_of(fc);
+                if !c.redirect_uris.iter().any(|r| origin_of(r) == origin) {
+                    return Err(invalid(
+                        key("frontchannel_logout_uri"),
+                        "its scheme, host and port must match one of the client's redirect_uris",
+                    ));
+                }
+            }
             if c.kind == ClientKind::Web {
                 if c.redirect_uris.is_empty() {
                     return Err(invalid(
@@ -1000,6 +1055,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// `scheme://host[:port]` of an absolute URL (lowercased), or "".
+fn origin_of(uri: &str) -> String {
+    match reqwest::Url::parse(uri) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => String::new(),
     }
 }
 

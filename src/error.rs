@@ -181,6 +181,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("not found")]
     NotFound,
+    /// A request named something (an id, a token) the hub does not know.
+    #[error("{0}")]
+    Unknown(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the content type must be {0}")]
@@ -208,7 +211,7 @@ impl ApiError {
             ApiError::Unauthorized(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::Unknown(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -224,6 +227,7 @@ impl ApiError {
             ApiError::Unauthorized(e) => e.reason(),
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
+            ApiError::Unknown(_) => "unknown_id",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited => "rate_limited",
@@ -270,6 +274,14 @@ pub enum OAuthError {
     InvalidRequest(String),
     #[error("{0}")]
     InvalidClient(String),
+    /// `invalid_client` answered to HTTP Basic credentials (with
+    /// `WWW-Authenticate: Basic`, RFC 6749 §5.2).
+    #[error("{0}")]
+    InvalidClientBasic(String),
+    #[error("{0}")]
+    InvalidTarget(String),
+    #[error("{0}")]
+    UnsupportedTokenType(String),
     #[error("{0}")]
     InvalidGrant(String),
     #[error("{0}")]
@@ -286,7 +298,9 @@ impl OAuthError {
     pub fn code(&self) -> &'static str {
         match self {
             OAuthError::InvalidRequest(_) | OAuthError::TooLarge(_) => "invalid_request",
-            OAuthError::InvalidClient(_) => "invalid_client",
+            OAuthError::InvalidClient(_) | OAuthError::InvalidClientBasic(_) => "invalid_client",
+            OAuthError::InvalidTarget(_) => "invalid_target",
+            OAuthError::UnsupportedTokenType(_) => "unsupported_token_type",
             OAuthError::InvalidGrant(_) => "invalid_grant",
             OAuthError::UnauthorizedClient(_) => "unauthorized_client",
             OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
@@ -296,7 +310,9 @@ impl OAuthError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            OAuthError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+            OAuthError::InvalidClient(_) | OAuthError::InvalidClientBasic(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             OAuthError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             OAuthError::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
@@ -311,7 +327,7 @@ impl From<crate::sessions::SessionError> for OAuthError {
         match e {
             S::UnknownClient => OAuthError::InvalidClient(text),
             S::UnauthorizedClient(_) => OAuthError::UnauthorizedClient(text),
-            S::InvalidGrant(_) | S::Reuse(_) => OAuthError::InvalidGrant(text),
+            S::InvalidGrant(_) | S::Reuse(_) | S::NotFound(_) => OAuthError::InvalidGrant(text),
             S::InvalidRequest(_) => OAuthError::InvalidRequest(text),
             S::Store(_) => OAuthError::TemporarilyUnavailable(format!("{text}; retry")),
         }
@@ -338,6 +354,12 @@ impl IntoResponse for OAuthError {
         // RFC 6749 §5.1: token responses are never cached.
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if matches!(self, OAuthError::InvalidClientBasic(_)) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"slo-hub\""),
+            );
+        }
         resp
     }
 }

@@ -113,6 +113,8 @@ pub struct App {
     pub session_issuer_id: IssuerId,
     /// Tells client backends which web sessions the hub ended.
     pub notifier: notify::Notifier,
+    /// Authenticates OAuth clients at the token endpoint.
+    pub client_auth: auth::clients::ClientAuth,
     /// Pusher-protocol apps, channels and users.
     pub pusher: pusher::Pusher,
     next_conn: AtomicU64,
@@ -189,7 +191,7 @@ impl App {
                 Target::Session(k) => (Some(&*k.sid), None),
                 Target::User(k) => (None, Some(&*k.sub)),
             };
-            let ended = self.sessions.logged_out(sid, sub).await;
+            let ended = self.sessions.logged_out(sid, sub).await?;
             self.notifier.sessions_ended(&ended);
             return Ok(());
         }
@@ -204,10 +206,12 @@ impl App {
                 iss: Some(iss),
             },
         };
-        let revoked = self.sessions.revoke(&what).await.map_err(|e| match e {
-            sessions::SessionError::Store(s) => s,
-            other => store::StoreError::Write(other.to_string()),
-        })?;
+        let revoked = match self.sessions.revoke(&what).await {
+            Ok(r) => r,
+            Err(sessions::SessionError::Store(s)) => return Err(s),
+            // Nothing of this user or session is in the graph.
+            Err(_) => return Ok(()),
+        };
         self.end_web_sessions(&revoked.web_sessions, "cascade", "cascade")
             .await
     }
@@ -336,6 +340,9 @@ impl Hub {
             dev_issuer = Some(dev);
         }
         let clients = sso_clients(&config, &demos);
+        // Native sessions are rooted at these issuers (not the hub's own).
+        let root_issuers: Vec<String> = issuers.iter().map(|i| i.issuer.clone()).collect();
+        check_issuer_tags(&root_issuers)?;
         let session_signer = Arc::new(Signer::load_or_create(
             &config.data_dir,
             "hub-session.ed25519.pk8",
@@ -417,8 +424,9 @@ impl Hub {
             durable.clone(),
             issuer_names,
         );
-        let sessions = Sessions::new(&config, &clients, durable);
-        let graph_restored = sessions.restore(&stored);
+        let graphs = Arc::new(store::graph::LocalGraphs::new(durable));
+        let graph_restored = sessions::restore(&graphs, &stored);
+        let sessions = Sessions::new(&config, &clients, graphs, &root_issuers);
         let restored = revocation.restore(stored) + graph_restored;
         match (&config.cluster, config.store) {
             (Some(url), _) => {
@@ -447,6 +455,8 @@ impl Hub {
             shutdown.clone(),
         )
         .map_err(|e| StartError::Auth(e.to_string()))?;
+        let client_auth =
+            auth::clients::ClientAuth::new(&clients, &public_url).map_err(StartError::Auth)?;
         let woken = ws::parked::Woken::start(tasks.clone());
         let app = Arc::new(App {
             auth,
@@ -467,6 +477,7 @@ impl Hub {
             session_signer,
             session_issuer_id,
             notifier,
+            client_auth,
             pusher: pusher::Pusher::new(&config.pusher_apps),
             next_conn: AtomicU64::new(1),
             woken,
@@ -555,10 +566,20 @@ async fn expire_web_sessions(app: Arc<App>) {
             .map_or(60_000, |t| (t - now).clamp(0, 60_000));
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
-            _ = app.sessions.deadline_changed.notified() => continue,
+            _ = app.sessions.deadline_changed().notified() => continue,
             _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
         }
-        let ended = app.sessions.expire_due().await;
+        let ended = match app.sessions.expire_due().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "session graph: recording expiries failed; retrying");
+                tokio::select! {
+                    _ = app.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        };
         if !ended.is_empty() {
             tracing::info!(sessions = ended.len(), "web sessions expired");
             if let Err(e) = app
@@ -569,6 +590,20 @@ async fn expire_web_sessions(app: Arc<App>) {
             }
         }
     }
+}
+
+/// Hub subjects name their issuer by a 32-bit tag (`sessions::hub_subject`):
+/// two configured issuers with one tag would share their users.
+fn check_issuer_tags(issuers: &[String]) -> Result<(), StartError> {
+    let mut seen = std::collections::HashMap::new();
+    for iss in issuers {
+        if let Some(other) = seen.insert(sessions::issuer_tag(iss), iss) {
+            return Err(StartError::Auth(format!(
+                "issuers {other:?} and {iss:?} have the same subject tag; rename one"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The registered clients; in dev mode with none configured, the demo's:

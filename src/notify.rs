@@ -104,30 +104,47 @@ impl Notifier {
     /// Queues a logout token for each ended session whose client has a
     /// back-channel logout URI. Never waits.
     pub fn sessions_ended(&self, ended: &[Ended]) {
-        for e in ended {
-            let Some(uri) = self.inner.targets.get(&e.client_id) else {
+        for (e, client_id) in ended
+            .iter()
+            .flat_map(|e| e.clients.iter().map(move |c| (e, c)))
+        {
+            let Some(uri) = self.inner.targets.get(client_id) else {
                 continue;
             };
             let Ok(slot) = self.inner.queued.clone().try_acquire_owned() else {
                 self.inner.metrics.backchannel_sent("dropped");
                 tracing::warn!(
-                    client_id = %e.client_id,
+                    client_id = %client_id,
                     queue_size = self.inner.settings.queue_size,
                     "back-channel logout queue full: notification dropped"
                 );
                 continue;
             };
             let inner = self.inner.clone();
-            let (uri, ended) = (uri.clone(), e.clone());
+            let to = Notice {
+                uri: uri.clone(),
+                client_id: client_id.clone(),
+                sid: e.sid.clone(),
+                sub: e.sub.clone(),
+            };
             self.inner
                 .tasks
-                .spawn(async move { inner.deliver(&uri, &ended, slot).await });
+                .spawn(async move { inner.deliver(&to, slot).await });
         }
     }
 }
 
+/// One logout token to send: which session, to which client's backend.
+struct Notice {
+    uri: String,
+    client_id: String,
+    sid: String,
+    sub: String,
+}
+
 impl Inner {
-    async fn deliver(&self, uri: &str, ended: &Ended, _slot: OwnedSemaphorePermit) {
+    async fn deliver(&self, ended: &Notice, _slot: OwnedSemaphorePermit) {
+        let uri = ended.uri.as_str();
         let mut backoff = Duration::from_millis(self.settings.first_retry_ms);
         let max_backoff = Duration::from_millis(self.settings.max_retry_ms);
         for attempt in 1..=self.settings.max_attempts {
@@ -166,7 +183,7 @@ impl Inner {
         tracing::warn!(client_id = %ended.client_id, "shutting down: back-channel logout abandoned");
     }
 
-    async fn attempt(&self, uri: &str, ended: &Ended) -> Attempt {
+    async fn attempt(&self, uri: &str, ended: &Notice) -> Attempt {
         let token = self.logout_token(ended);
         // At most `concurrency` requests on the wire; the semaphore is never closed.
         let Ok(_permit) = self.sending.acquire().await else {
@@ -199,7 +216,7 @@ impl Inner {
 
     /// OpenID Back-Channel Logout 1.0 §2.4: `sub` and `sid` of the session
     /// token the app received, `aud` = the client, the event, no `nonce`.
-    fn logout_token(&self, ended: &Ended) -> String {
+    fn logout_token(&self, ended: &Notice) -> String {
         let now = util::now_ms() / 1000;
         let claims = json!({
             "iss": self.signer.iss,

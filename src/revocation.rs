@@ -95,8 +95,10 @@ pub struct Revocation {
     durable: Arc<Durable>,
     /// Issuer names by `IssuerId`: the journal stores names, not positions.
     issuer_names: Vec<String>,
-    /// Back-channel logout `jti`s already acted on, with their expiry (ms).
-    jtis: DashMap<(IssuerId, Box<str>), i64>,
+    /// Identifiers used once, by namespace (an issuer's name for logout
+    /// tokens and events, `client:{id}` for client assertions), with when
+    /// they may be forgotten (ms).
+    jtis: DashMap<(Box<str>, Box<str>), i64>,
 }
 
 #[derive(Default)]
@@ -131,13 +133,12 @@ impl Revocation {
     pub fn restore(&self, stored: Vec<Record>) -> usize {
         let mut restored = 0;
         for r in stored.iter().filter(|r| r.kind == Kind::LogoutJti) {
-            let Some((iss, jti)) = r.key.split_once('\u{1f}') else {
+            let Some((namespace, jti)) = r.key.split_once('\u{1f}') else {
                 continue;
             };
-            if let Some(id) = self.issuer_id(iss) {
-                self.jtis.insert((id, jti.into()), r.expires_at_ms);
-                restored += 1;
-            }
+            self.jtis
+                .insert((namespace.into(), jti.into()), r.expires_at_ms);
+            restored += 1;
         }
         for s in stored.iter().filter_map(Record::as_watermark) {
             if let Some((target, event)) = self.event_of_stored(s) {
@@ -197,23 +198,24 @@ impl Revocation {
         Some((target, event))
     }
 
-    /// Claims a back-channel logout token's `jti`: true the first time (the
-    /// caller then carries the logout out), false for a replay. Durable like
-    /// the logouts themselves; across nodes, Redis decides who is first.
-    async fn claim_jti(
+    /// Claims an identifier that may be used once (a logout token's or a
+    /// client assertion's `jti`): true the first time, false for a replay.
+    /// Durable like the logouts themselves; across nodes, Redis decides who
+    /// is first.
+    pub async fn claim_once(
         &self,
-        iss: IssuerId,
+        namespace: &str,
         jti: &str,
         expires_at_ms: i64,
     ) -> Result<bool, StoreError> {
-        let key = (iss, Box::<str>::from(jti));
+        let key = (Box::<str>::from(namespace), Box::<str>::from(jti));
         match self.jtis.entry(key.clone()) {
             dashmap::mapref::entry::Entry::Occupied(_) => return Ok(false),
             dashmap::mapref::entry::Entry::Vacant(v) => {
                 v.insert(expires_at_ms);
             }
         }
-        let record = Record::logout_jti(self.issuer_name(iss), jti, expires_at_ms);
+        let record = Record::logout_jti(namespace, jti, expires_at_ms);
         let result = self.durable.put_once(record).await;
         if result.is_err() {
             // Not recorded: a retry must not be mistaken for a replay of a
@@ -246,14 +248,16 @@ impl Revocation {
         expires_at_ms: i64,
         order: LogoutOrder,
     ) -> Result<bool, StoreError> {
-        if !self.claim_jti(iss, jti, expires_at_ms).await? {
+        let namespace = self.issuer_name(iss).to_string();
+        if !self.claim_once(&namespace, jti, expires_at_ms).await? {
             self.metrics.logout_event("replay");
             return Ok(false);
         }
         match self.logout(order).await {
             Ok(_) => Ok(true),
             Err(e) => {
-                self.jtis.remove(&(iss, Box::<str>::from(jti)));
+                self.jtis
+                    .remove(&(Box::<str>::from(namespace), Box::<str>::from(jti)));
                 Err(e)
             }
         }
@@ -365,6 +369,20 @@ impl Revocation {
         }?;
         self.metrics.logout_event("watermark");
         Some(Arc::new(logout_frame(&latest)))
+    }
+
+    /// The logout frame for a hub web session the graph knows as ended
+    /// (its token is presented again): reason `session_ended`.
+    pub fn session_ended_frame(&self, sub: &str, sid: &str) -> Arc<LogoutFrame> {
+        self.metrics.logout_event("graph");
+        Arc::new(logout_frame(&LogoutEvent {
+            id: util::unique_id(),
+            scope: Scope::Session,
+            sub: Some(sub.into()),
+            sid: Some(sid.into()),
+            reason: "session_ended".into(),
+            at_ms: util::now_ms(),
+        }))
     }
 
     /// The earliest `iat` a new token for this user (and session) may carry

@@ -1,7 +1,9 @@
-// The hub's front-channel logout page (GET /v1/logout/frontchannel): loads
-// each app's front-channel logout URI in a hidden iframe, waits for every
-// app's acknowledgement or the timeout, then goes to returnTo (which the hub
-// checked against the registered post-logout redirect URIs).
+// The hub's front-channel logout page, after the logout was confirmed (POST
+// /v1/logout/frontchannel): loads the front-channel logout URI of each app
+// of the ended session in a hidden iframe (with iss and sid), waits for
+// every app's acknowledgement or the timeout, then goes to returnTo (which
+// the hub checked against the registered post-logout redirect URIs). On the
+// confirmation page (GET) it does nothing: the form is the page.
 //
 // An acknowledgement counts only if it comes from the iframe this page
 // opened for that app (event.source) and from that app's origin
@@ -9,6 +11,7 @@
 (function () {
   "use strict";
   var cfg = JSON.parse(document.getElementById("slo-frontchannel").textContent);
+  if (cfg.confirm) return;
   var list = document.getElementById("apps");
   var status = document.getElementById("status");
   var pending = [];

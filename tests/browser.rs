@@ -163,7 +163,13 @@ async fn the_native_app_opens_app_a_logged_in_and_its_logout_reaches_app_a() {
     click(&b, "#open-cookie").await;
     wait_for_js(&b, CONN, json!("connected"), WAIT).await;
     assert_eq!(b.current_url().await.unwrap().as_str(), format!("{a_url}/"));
-    let (natives, webs) = hub.app().sessions.counts();
+    let dev_iss = format!("{}/dev", hub.url);
+    let (natives, webs) = hub
+        .app()
+        .sessions
+        .user_counts(&dev_iss, "alice")
+        .await
+        .unwrap();
     assert_eq!(
         (natives, webs),
         (1, 1),
@@ -188,6 +194,13 @@ async fn the_native_app_opens_app_a_logged_in_and_its_logout_reaches_app_a() {
         assert!(note.as_str().unwrap().contains("session_revoked"), "{note}");
     }
     screenshot(&b, "native-sso-app-a-logged-out").await;
-    assert_eq!(hub.app().sessions.counts(), (0, 0));
+    assert_eq!(
+        hub.app()
+            .sessions
+            .user_counts(&dev_iss, "alice")
+            .await
+            .unwrap(),
+        (0, 0)
+    );
     b.close().await.unwrap();
 }

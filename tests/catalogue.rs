@@ -9,7 +9,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{TEST_AUD, TEST_ISS, TEST_SECRET, TestHub, Ws, forge, hs256_token};
+use common::{TEST_AUD, TEST_ISS, TEST_SECRET, TestHub, Ws, ec_key, es256, forge, hs256_token};
 use serde_json::{Value, json};
 use slo_hub::config::{IssuerSettings, StaticKey};
 
@@ -285,30 +285,6 @@ async fn a_logout_token_is_never_accepted_as_an_access_token() {
         4401,
     )
     .await;
-}
-
-/// A P-256 key pair: (signing key, public JWK JSON with `kid`).
-fn ec_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
-    use base64::Engine;
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let public = pair.public_key().as_ref(); // 0x04 || x || y
-    let enc = |b: &[u8]| B64.encode(b);
-    let jwk = json!({
-        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
-        "x": enc(&public[1..33]), "y": enc(&public[33..65]),
-    });
-    (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
-}
-
-fn es256(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> String {
-    slo_hub::auth::crypto::install();
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    h.kid = Some(kid.into());
-    jsonwebtoken::encode(&h, claims, key).unwrap()
 }
 
 /// Serves `jwks` at `/jwks.json` and counts the requests.

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::sso::*;
-use common::{API_KEY, EVENT_TIMEOUT, TEST_ISS, TestHub, hs256_token};
+use common::{API_KEY, EVENT_TIMEOUT, TEST_AUD, TEST_ISS, TestHub, hs256_token};
 use serde_json::{Value, json};
 
 /// Outcome 1 end to end: mint, redeem by query, exchange the code; the
@@ -24,14 +24,18 @@ async fn outcome_1_valid_token_and_no_session_creates_a_web_session() {
     assert!(browser.session_cookie.is_some());
     let c = claims(&login.token);
     assert_eq!(c["iss"], sso.hub.url);
-    assert_eq!(c["sub"], "alice");
+    // The subject names the issuer too; who the user is upstream is shown.
+    let subject = slo_hub::sessions::hub_subject(&sso.hub.dev_iss(), "alice");
+    assert_eq!(c["sub"], subject);
+    assert_eq!(c["upstream_sub"], "alice");
+    assert_eq!(c["upstream_iss"], sso.hub.dev_iss());
     assert_eq!(c["aud"], "web");
     assert_eq!(c["sid"], login.sid);
     assert_eq!(c["slo_transfer"], true);
     let lifetime = c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap();
     assert!(lifetime <= 600, "{c}");
     let (mut ws, ready) = sso.hub.socket(&login.token).await;
-    assert_eq!(ready["sub"], "alice");
+    assert_eq!(ready["sub"], subject);
     // The session cookie alone signs in again (silent SSO).
     let (_, challenge) = pkce();
     let again = sso.authorize(&browser, "web", None, None, &challenge).await;
@@ -128,7 +132,13 @@ async fn outcome_4_invalid_token_with_a_session_changes_nothing() {
     }
     ws.assert_quiet().await;
     assert_eq!(
-        sso.hub.app().sessions.counts().1,
+        sso.hub
+            .app()
+            .sessions
+            .user_counts(&sso.hub.dev_iss(), "alice")
+            .await
+            .unwrap()
+            .1,
         1,
         "one web session, still live"
     );
@@ -286,11 +296,12 @@ async fn minting_is_refused_with_rfc6749_errors() {
             "invalid_grant",
         ),
         (
+            // RFC 8693 §2.2.2: an audience the hub does not serve.
             sso.token(json!({"grant_type": "refresh_token", "client_id": "native",
                 "refresh_token": refresh, "audience": "urn:other"}))
                 .await,
             400,
-            "invalid_request",
+            "invalid_target",
         ),
         (
             sso.token(json!({"grant_type": "password", "client_id": "native"}))
@@ -363,7 +374,8 @@ async fn nested_transfer_is_refused() {
         v["error_description"].as_str().unwrap().contains("nested"),
         "{v}"
     );
-    // ...nor its session token, exchanged as a subject token.
+    // ...nor its session token, exchanged as a subject token (RFC 8693
+    // §2.2.2: an unacceptable subject token is invalid_request).
     let (status, v) = sso
         .token(json!({
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -372,11 +384,52 @@ async fn nested_transfer_is_refused() {
             "audience": AUD,
         }))
         .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
     assert!(
         v["error_description"].as_str().unwrap().contains("nested"),
         "{v}"
     );
+}
+
+/// An exchange of an upstream token of the test issuer for a web session.
+async fn exchanged_login(sso: &Sso, browser: &mut Browser, upstream: &str) -> WebLogin {
+    let (status, v) = sso
+        .token(json!({
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "client_id": "native", "subject_token": upstream,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "audience": AUD,
+        }))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    sso.open_web(browser, "web", v["access_token"].as_str().unwrap())
+        .await
+}
+
+/// Two issuers may both have an "alice"; they are two people. A user-wide
+/// logout of one (through its hub session token) leaves the other alone.
+#[tokio::test]
+async fn users_of_two_issuers_with_one_sub_are_two_users() {
+    let sso = Sso::start().await;
+    let (_, _, dev_alice) = sso.alice_on("web").await;
+    let upstream = hs256_token(json!({"sub": "alice", "sid": "up-a", "azp": "native"}));
+    let test_alice = exchanged_login(&sso, &mut Browser::default(), &upstream).await;
+    assert_ne!(
+        claims(&dev_alice.token)["sub"],
+        claims(&test_alice.token)["sub"]
+    );
+    let (mut dev_ws, _) = sso.hub.socket(&dev_alice.token).await;
+    let (mut test_ws, _) = sso.hub.socket(&test_alice.token).await;
+    let (status, v) = sso
+        .hub
+        .logout(&dev_alice.token, json!({"scope": "user"}))
+        .await;
+    assert_eq!((status, v["delivered"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(dev_ws.recv_json().await["type"], "logout");
+    test_ws.assert_quiet().await;
 }
 
 /// RFC 8693: an upstream token of the native app mints directly; a
@@ -384,7 +437,7 @@ async fn nested_transfer_is_refused() {
 #[tokio::test]
 async fn token_exchange_mints_and_an_upstream_logout_cascades() {
     let sso = Sso::start().await;
-    let upstream = hs256_token(json!({"sub": "carol", "sid": "up-1"}));
+    let upstream = hs256_token(json!({"sub": "carol", "sid": "up-1", "azp": "native"}));
     let (status, v) = sso
         .token(json!({
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -984,4 +1037,250 @@ async fn asn_binding_accepts_another_address_of_the_same_network_only() {
         .authorize(&at("127.0.0.2"), "web", Some(&stt), None, &challenge)
         .await;
     assert!(r.param("code").is_some(), "same ASN: {r:?}");
+}
+
+/// An RFC 8693 exchange by `client` (JSON body): status and answer.
+async fn exchange_as(sso: &Sso, client: &str, subject: &str, extra: Value) -> (u16, Value) {
+    let mut body = json!({
+        "grant_type": TOKEN_EXCHANGE, "client_id": client,
+        "subject_token": subject, "subject_token_type": ACCESS_TOKEN_TYPE,
+        "audience": AUD,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            body.as_object_mut().unwrap().remove(k);
+        } else {
+            body[k] = v.clone();
+        }
+    }
+    sso.token(body).await
+}
+
+/// A leaked token of some SPA, or of another app, opens no web session: the
+/// subject token must have been issued to the exchanging client (or to a
+/// client it lists).
+#[tokio::test]
+async fn token_exchange_accepts_only_subject_tokens_issued_to_the_client() {
+    let sso = Sso::start().await;
+    for claims in [
+        json!({"sid": "s1", "azp": "some-spa"}),
+        json!({"sid": "s2", "client_id": "some-spa"}),
+        json!({"sid": "s3"}),
+    ] {
+        let leaked = hs256_token(claims.clone());
+        let (status, v) = exchange_as(&sso, "native", &leaked, json!({})).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{claims}: {v}"
+        );
+        let (status, _) = exchange_as(
+            &sso,
+            "native",
+            &leaked,
+            json!({"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token", "audience": null}),
+        )
+        .await;
+        assert_eq!(status, 400, "{claims}: no refresh token either");
+    }
+    for (claims, client) in [
+        (json!({"sid": "s4", "azp": "native"}), "native"),
+        (json!({"sid": "s5", "client_id": "native"}), "native"),
+        (json!({"sid": "s6", "aud": [TEST_AUD, "native"]}), "native"),
+        (
+            json!({"sid": "s7", "azp": "partner-app"}),
+            "native-trusting",
+        ),
+    ] {
+        let (status, v) = exchange_as(&sso, client, &hs256_token(claims.clone()), json!({})).await;
+        assert_eq!(status, 200, "{claims}: {v}");
+    }
+}
+
+/// A 3-second access token does not become a 30-day hub refresh token:
+/// what an exchange yields ends when the subject token does (unless the
+/// client says otherwise), and with the upstream session's logout.
+#[tokio::test]
+async fn what_a_token_exchange_yields_never_outlives_the_subject_token() {
+    let sso = Sso::start().await;
+    let now = slo_hub::util::now_secs();
+    let short = hs256_token(json!({"sid": "short-1", "azp": "native", "exp": now + 2}));
+    let refresh_type = "urn:ietf:params:oauth:token-type:refresh_token";
+    let (status, v) = exchange_as(
+        &sso,
+        "native",
+        &short,
+        json!({"requested_token_type": refresh_type, "audience": null}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["expires_in"].as_i64().unwrap() <= 2, "{v}");
+    let hub_refresh = v["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        sso.mint("native", &hub_refresh).await.0,
+        200,
+        "works while the subject does"
+    );
+    // A client that says so keeps its session past the subject token.
+    let partner = hs256_token(json!({"sid": "short-2", "azp": "partner-app", "exp": now + 2}));
+    let (status, v) = exchange_as(
+        &sso,
+        "native-trusting",
+        &partner,
+        json!({"requested_token_type": refresh_type, "audience": null}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let long_refresh = v["access_token"].as_str().unwrap().to_string();
+    // The subject tokens' time passes.
+    let wait_ms = (now as i64 + 2) * 1000 - slo_hub::util::now_ms() + 50;
+    tokio::time::sleep(Duration::from_millis(wait_ms.max(0) as u64)).await;
+    let (status, v) = sso.mint("native", &hub_refresh).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{v}"
+    );
+    assert_eq!(sso.mint("native-trusting", &long_refresh).await.0, 200);
+    // ...but not past its upstream session's logout.
+    let (status, _) = sso
+        .hub
+        .logout(API_KEY, json!({"iss": TEST_ISS, "sid": "short-2"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(sso.mint("native-trusting", &long_refresh).await.0, 400);
+}
+
+/// A confidential client authenticates every token request: by HTTP Basic,
+/// by `client_secret`, or not at all, which is `invalid_client`.
+#[tokio::test]
+async fn a_confidential_client_must_authenticate() {
+    let sso = Sso::start().await;
+    let subject = hs256_token(json!({"sid": "c1", "azp": "native-secret"}));
+    let body = json!({
+        "grant_type": TOKEN_EXCHANGE, "subject_token": subject,
+        "subject_token_type": ACCESS_TOKEN_TYPE, "audience": AUD,
+    });
+    let with = |extra: Value| common::with_overrides(body.clone(), &extra);
+    let (status, v) = sso.token(with(json!({"client_id": "native-secret"}))).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{v}"
+    );
+    let (status, v) = sso
+        .token(with(
+            json!({"client_id": "native-secret", "client_secret": "wrong"}),
+        ))
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{v}"
+    );
+    let (status, v) = sso
+        .token(with(
+            json!({"client_id": "native-secret", "client_secret": CLIENT_SECRET}),
+        ))
+        .await;
+    assert_eq!(status, 200, "client_secret_post: {v}");
+    // client_secret_basic, with the 401's challenge when it is wrong.
+    for (secret, want) in [("wrong", 401), (CLIENT_SECRET, 200)] {
+        let r = client_from(None)
+            .post(format!("{}/oauth/token", sso.hub.url))
+            .basic_auth("native-secret", Some(secret))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want);
+        if want == 401 {
+            assert!(
+                r.headers()["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Basic")
+            );
+        }
+    }
+    // Its refresh tokens cannot be used without its credentials either.
+    let (status, v) = sso
+        .token(with(json!({
+            "client_id": "native-secret", "client_secret": CLIENT_SECRET,
+            "requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token",
+            "audience": null,
+        })))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let rt = v["access_token"].as_str().unwrap();
+    assert_eq!(sso.mint("native-secret", rt).await.0, 401);
+}
+
+/// `private_key_jwt` (RFC 7523): an assertion signed by the client's key,
+/// for the hub, short-lived, used once.
+#[tokio::test]
+async fn private_key_jwt_authenticates_a_client_once_per_assertion() {
+    let (key, jwk) = common::ec_key("client-k1");
+    let sso = Sso::with(|c| {
+        c.clients.push(native("native-keyed", |c| {
+            c.client_keys = vec![slo_hub::config::StaticKey {
+                kid: None,
+                pem: None,
+                jwk: Some(jwk.to_string()),
+            }]
+        }))
+    })
+    .await;
+    let now = slo_hub::util::now_secs();
+    let assertion = |aud: &str, jti: &str, exp: u64| {
+        common::es256(
+            &key,
+            "client-k1",
+            &json!({"iss": "native-keyed", "sub": "native-keyed", "aud": aud,
+                    "jti": jti, "iat": now, "exp": exp}),
+        )
+    };
+    let endpoint = format!("{}/oauth/token", sso.hub.url);
+    let subject = hs256_token(json!({"sid": "k1", "azp": "native-keyed"}));
+    let request = |a: String| {
+        json!({
+            "grant_type": TOKEN_EXCHANGE, "subject_token": subject,
+            "subject_token_type": ACCESS_TOKEN_TYPE, "audience": AUD,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": a,
+        })
+    };
+    let good = assertion(&endpoint, "j1", now + 60);
+    let (status, v) = sso.token(request(good.clone())).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = sso.token(request(good)).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (401, Some("invalid_client")),
+        "a replay: {v}"
+    );
+    for (bad, why) in [
+        (
+            assertion("https://elsewhere", "j2", now + 60),
+            "another audience",
+        ),
+        (assertion(&endpoint, "j3", now + 3600), "an hour long"),
+        (assertion(&endpoint, "j4", now - 60), "expired"),
+        (
+            common::es256(
+                &common::ec_key("client-k1").0,
+                "client-k1",
+                &json!({"iss": "native-keyed", "sub": "native-keyed", "aud": endpoint,
+                        "jti": "j5", "exp": now + 60}),
+            ),
+            "another key",
+        ),
+    ] {
+        let (status, v) = sso.token(request(bad)).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{why}: {v}"
+        );
+    }
 }

@@ -42,7 +42,17 @@ pub struct Principal {
     /// Issued-at, seconds since the epoch. Compared with logout watermarks.
     pub iat: i64,
     pub exp: i64,
+    /// `client_id`, else `azp`: the client the token was issued to.
     pub client_id: Option<String>,
+    /// The token's `aud` values.
+    pub aud: Arc<[Box<str>]>,
+}
+
+impl Principal {
+    /// Whether the token was issued to `client` (by `client_id`, `azp` or `aud`).
+    pub fn issued_to(&self, client: &str) -> bool {
+        self.client_id.as_deref() == Some(client) || self.aud.iter().any(|a| &**a == client)
+    }
 }
 
 /// A key ready for verification, with its validation rules precomputed once
@@ -63,6 +73,7 @@ struct AccessClaims {
     exp: Option<u64>,
     client_id: Option<String>,
     azp: Option<String>,
+    aud: Option<serde_json::Value>,
     events: Option<serde_json::Value>,
 }
 
@@ -399,6 +410,14 @@ impl Issuer {
         if sub.len() > 255 || c.sid.as_ref().is_some_and(|s| s.len() > 255) {
             return Err(AuthError::BadClaims);
         }
+        let aud: Vec<Box<str>> = match c.aud {
+            Some(serde_json::Value::String(a)) => vec![a.into()],
+            Some(serde_json::Value::Array(list)) => list
+                .into_iter()
+                .filter_map(|v| v.as_str().map(Into::into))
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Principal {
             issuer: self.id,
             sub: sub.into(),
@@ -406,6 +425,7 @@ impl Issuer {
             iat: iat as i64,
             exp: exp as i64,
             client_id: c.client_id.or(c.azp),
+            aud: aud.into(),
         })
     }
 }

@@ -14,6 +14,7 @@
 //! verifies here may still be revoked; `revocation` decides that.
 
 pub mod api_keys;
+pub mod clients;
 pub mod crypto;
 pub mod dev_issuer;
 mod jwks;

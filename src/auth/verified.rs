@@ -72,6 +72,7 @@ mod tests {
             iat: 0,
             exp,
             client_id: None,
+            aud: Vec::new().into(),
         }
     }
 

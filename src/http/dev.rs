@@ -106,7 +106,7 @@ async fn dev_native_session(
     let client_id = body.client_id.as_deref().unwrap_or("native-sim");
     let grant = app
         .sessions
-        .open_native(client_id, dev.iss(), &body.sub, None)
+        .open_native(client_id, dev.iss(), &body.sub, None, None)
         .await
         .map_err(|e| match e {
             crate::sessions::SessionError::Store(s) => ApiError::Unavailable(s.to_string()),

@@ -93,6 +93,7 @@ async fn revoke(
     };
     let revoked = app.sessions.revoke(&what).await.map_err(|e| match e {
         SessionError::Store(s) => ApiError::Unavailable(format!("{s}; retry")),
+        SessionError::NotFound(why) => ApiError::Unknown(why),
         other => ApiError::bad_request("bad_request", other.to_string()),
     })?;
     let unrecorded = |e: crate::store::StoreError| {

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -98,6 +98,11 @@ pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), StoreError> {
     ))
 }
 
+/// The session graph's table before it was kept per user (one record per
+/// entity, versioned by the writer's clock).
+const LEGACY_GRAPH: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("session_graph");
+
 fn load(db: &Database, path: &Path) -> Result<Vec<Record>, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Open {
         path: PathBuf::from(path),
@@ -107,6 +112,20 @@ fn load(db: &Database, path: &Path) -> Result<Vec<Record>, StoreError> {
     let w = db.begin_write().map_err(|e| corrupt(&e))?;
     for kind in Kind::ALL {
         w.open_table(table(kind)).map_err(|e| corrupt(&e))?;
+    }
+    // Dropping the old graph fails closed: every session, refresh and
+    // transfer token in it becomes unknown (refused), and apps sign in again.
+    let legacy = w
+        .open_table(LEGACY_GRAPH)
+        .map_err(|e| corrupt(&e))?
+        .len()
+        .map_err(|e| corrupt(&e))?;
+    w.delete_table(LEGACY_GRAPH).map_err(|e| corrupt(&e))?;
+    if legacy > 0 {
+        tracing::warn!(
+            records = legacy,
+            "store: the session graph of an older slo-hub was dropped; native apps and transfer-created web sessions must sign in again"
+        );
     }
     w.commit().map_err(|e| corrupt(&e))?;
     let now = crate::util::now_ms();

@@ -10,6 +10,7 @@
 //! Must not: talk to sockets or decide revocation rules; it stores and answers.
 
 pub mod embedded;
+pub mod graph;
 
 use std::sync::Arc;
 
@@ -27,9 +28,8 @@ pub enum Kind {
     /// A back-channel logout token's `jti` already acted on (key
     /// `{iss}\x1f{jti}`), kept until the token expires.
     LogoutJti,
-    /// One entity of the Native-to-Web session graph (`sessions`): a native
-    /// or web session, a refresh token or a transfer token, keyed by id or
-    /// by the secret's digest.
+    /// One user's part of the Native-to-Web session graph (`sessions`),
+    /// keyed by the user's tag, versioned by `store::graph`.
     SessionGraph,
 }
 
@@ -41,7 +41,7 @@ impl Kind {
         match self {
             Kind::Watermark => "watermarks",
             Kind::LogoutJti => "logout_jtis",
-            Kind::SessionGraph => "session_graph",
+            Kind::SessionGraph => "user_graphs",
         }
     }
 
@@ -116,6 +116,12 @@ pub enum StoreError {
     Write(String),
     #[error("the store is closed (the hub is shutting down)")]
     Closed,
+    /// A stored record cannot be read: its owner's operations fail closed.
+    #[error("the store holds an unreadable record: {0}")]
+    Corrupt(String),
+    /// A change kept losing races against others to the same record.
+    #[error("too many concurrent changes to the same record; retry")]
+    Contention,
 }
 
 /// Whether a logout addressed a user or one session.

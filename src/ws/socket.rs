@@ -86,7 +86,7 @@ async fn login(app: Arc<App>, stream: TcpStream, start: Start, guard: Guard) {
         return;
     };
     let conn = Arc::new(new_conn(&app, stream, principal));
-    if let Some(exit) = enter(&app, &conn) {
+    if let Some(exit) = enter(&app, &conn).await {
         finish(&app, &conn, exit).await;
         return;
     }
@@ -234,8 +234,10 @@ fn new_conn(app: &App, stream: TcpStream, principal: Principal) -> Conn {
 }
 
 /// Registers a new login, checks the watermark (in that order: see
-/// `revocation`) and says `ready`. `Some` when the socket must close at once.
-fn enter(app: &App, conn: &Arc<Conn>) -> Option<Exit> {
+/// `revocation`) and, for the hub's own session tokens, that the web
+/// session is still alive in the graph; then says `ready`. `Some` when the
+/// socket must close at once.
+async fn enter(app: &App, conn: &Arc<Conn>) -> Option<Exit> {
     app.registry.register(conn);
     if app.shutdown.is_cancelled() {
         // Registered after shutdown's sweep: close it like the others.
@@ -251,6 +253,28 @@ fn enter(app: &App, conn: &Arc<Conn>) -> Option<Exit> {
         app.registry.unregister(conn);
         conn.deliver_logout(&logout);
         return Some(Exit::Close(CloseCode::LoggedOut));
+    }
+    if conn.user.iss == app.session_issuer_id
+        && let Some(session) = &conn.session
+    {
+        // The graph is the last word on a hub web session: ended there is
+        // ended, even if its logout's watermark never got written.
+        match app.sessions.ended_before(&session.sid, conn.iat).await {
+            Ok(false) => {}
+            Ok(true) => {
+                app.registry.unregister(conn);
+                let logout = app
+                    .revocation
+                    .session_ended_frame(&conn.user.sub, &session.sid);
+                conn.deliver_logout(&logout);
+                return Some(Exit::Close(CloseCode::LoggedOut));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "session graph unavailable at socket auth");
+                app.registry.unregister(conn);
+                return Some(Exit::Close(CloseCode::TryAgainLater));
+            }
+        }
     }
     let ready = protocol::ready_frame(
         &conn.user.sub,

@@ -278,6 +278,31 @@ pub fn forge(header: &Value, claims: &Value, secret: &[u8]) -> String {
     format!("{input}.{sig}")
 }
 
+/// A P-256 key pair: (signing key, public JWK JSON with `kid`).
+pub fn ec_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    use base64::Engine;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let public = pair.public_key().as_ref(); // 0x04 || x || y
+    let enc = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+        "x": enc(&public[1..33]), "y": enc(&public[33..65]),
+    });
+    (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+}
+
+/// An ES256 JWT of `claims` with header `kid`.
+pub fn es256(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> String {
+    slo_hub::auth::crypto::install();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, claims, key).unwrap()
+}
+
 /// What a test socket saw next.
 #[derive(Debug)]
 pub enum Seen {

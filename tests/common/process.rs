@@ -92,9 +92,16 @@ impl Running {
                 break;
             }
         }
+        if banner.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the hub printed nothing; it logged:\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
         // Keep the pipe open and drained, as a supervisor would.
         std::thread::spawn(move || lines.for_each(drop));
-        assert!(!banner.is_empty(), "the hub printed nothing");
         Running {
             child,
             banner,

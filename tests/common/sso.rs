@@ -13,6 +13,10 @@ use super::{API_KEY, TestHub};
 
 pub const AUD: &str = "urn:slo-hub:session_transfer";
 pub const CB: &str = "https://web.test/cb";
+/// The secret of the confidential native client `native-secret`.
+pub const CLIENT_SECRET: &str = "a-confidential-native-client-secret";
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 pub fn native(id: &str, adjust: impl FnOnce(&mut ClientSettings)) -> ClientSettings {
     let mut c = ClientSettings::new(id, ClientKind::Native);
@@ -49,6 +53,13 @@ pub fn clients(c: &mut Config) {
         web("web-short", |c| {
             c.session_lifetime_secs = 2;
             c.session_idle_secs = 2;
+        }),
+        native("native-secret", |c| {
+            c.client_secret_sha256 = Some(super::sha256_hex(CLIENT_SECRET))
+        }),
+        native("native-trusting", |c| {
+            c.token_exchange_subject_clients = vec!["partner-app".into()];
+            c.token_exchange_outlives_subject = true;
         }),
     ];
 }
