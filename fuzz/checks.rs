@@ -59,6 +59,7 @@ fn issuer() -> Issuer {
             leeway_secs: 5,
             jwks_min_refetch_secs: 30,
             require_logout_typ: false,
+            speaks_for: vec![],
         },
     )
     .unwrap()

@@ -426,6 +426,10 @@ pub struct IssuerSettings {
     /// (OpenID Back-Channel Logout 1.0 §2.4 recommends the explicit type).
     #[serde(default)]
     pub require_logout_typ: bool,
+    /// Other configured issuers whose users this issuer's security events
+    /// (CAEP `iss_sub` subjects) may name; by default only its own.
+    #[serde(default)]
+    pub speaks_for: Vec<String>,
 }
 
 fn default_leeway() -> u64 {

@@ -81,7 +81,7 @@ impl AuthError {
             AuthError::BadClaims => "bad_claims",
             AuthError::LifetimeTooLong => "lifetime_too_long",
             AuthError::WrongTokenKind => "wrong_token_kind",
-            AuthError::Revoked => "revoked",
+            AuthError::Revoked => "token_revoked",
             AuthError::BadApiKey => "bad_api_key",
             AuthError::MissingScope(_) => "missing_scope",
             AuthError::KeysUnavailable => "keys_unavailable",

@@ -125,6 +125,31 @@ impl App {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether a logout revoked this user token: its user's or session's
+    /// watermark, or, for a hub session token, the end of its web session
+    /// in the graph (which holds even where the watermark was never written).
+    pub async fn principal_revoked(&self, p: &auth::Principal) -> Result<bool, store::StoreError> {
+        let user = registry::UserKey {
+            iss: p.issuer,
+            sub: p.sub.clone(),
+        };
+        let session = p.sid.as_ref().map(|sid| registry::SessionKey {
+            iss: p.issuer,
+            sid: sid.clone(),
+        });
+        if self
+            .revocation
+            .revoked_token(p.iat, &user, session.as_ref())
+            .is_some()
+        {
+            return Ok(true);
+        }
+        match (&p.sid, p.issuer == self.session_issuer_id) {
+            (Some(sid), true) => self.sessions.ended_before(sid, p.iat).await,
+            _ => Ok(false),
+        }
+    }
+
     /// A logout by any trigger (`/v1/logout`, back-channel, CAEP): the one
     /// logout path, then the session graph follows it. A logout of a hub
     /// web session (or user) ends those web sessions; a logout of an
@@ -411,6 +436,16 @@ impl Hub {
             }
         };
         let issuer_names = issuers.iter().map(|i| i.issuer.clone()).collect();
+        // The hub's own issuers (dev, sessions) share its clock.
+        let own = [dev_issuer_id, Some(session_issuer_id)];
+        let leeways = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let hub_issued = own.contains(&Some(IssuerId(i as u16)));
+                if hub_issued { 0 } else { s.leeway_secs as i64 }
+            })
+            .collect();
         let metrics = Arc::new(Metrics::new());
         let relogin_windows = Arc::new(ws::window::Windows::new(config.relogin_window()));
         let registry = Arc::new(Registry::new(
@@ -423,6 +458,7 @@ impl Hub {
             config.max_token_lifetime_secs,
             durable.clone(),
             issuer_names,
+            leeways,
         );
         let graphs = Arc::new(store::graph::LocalGraphs::new(durable));
         let graph_restored = sessions::restore(&graphs, &stored);

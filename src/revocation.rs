@@ -95,6 +95,9 @@ pub struct Revocation {
     durable: Arc<Durable>,
     /// Issuer names by `IssuerId`: the journal stores names, not positions.
     issuer_names: Vec<String>,
+    /// How far each issuer's clock may run ahead (its leeway; 0 for the
+    /// hub's own issuers), by `IssuerId`: see `LogoutEvent::revokes_iat`.
+    leeways: Vec<i64>,
     /// Identifiers used once, by namespace (an issuer's name for logout
     /// tokens and events, `client:{id}` for client assertions), with when
     /// they may be forgotten (ms).
@@ -114,6 +117,7 @@ impl Revocation {
         ttl_secs: u64,
         durable: Arc<Durable>,
         issuer_names: Vec<String>,
+        leeways: Vec<i64>,
     ) -> Revocation {
         Revocation {
             watermarks: Watermarks::default(),
@@ -123,6 +127,7 @@ impl Revocation {
             ttl_ms: ttl_secs as i64 * 1000,
             durable,
             issuer_names,
+            leeways,
             jtis: DashMap::new(),
         }
     }
@@ -229,6 +234,10 @@ impl Revocation {
     fn issuer_id(&self, name: &str) -> Option<IssuerId> {
         let pos = self.issuer_names.iter().position(|n| n == name)?;
         Some(IssuerId(pos as u16))
+    }
+
+    fn leeway(&self, id: IssuerId) -> i64 {
+        self.leeways.get(id.0 as usize).copied().unwrap_or(0)
     }
 
     fn issuer_name(&self, id: IssuerId) -> &str {
@@ -359,10 +368,14 @@ impl Revocation {
         user: &UserKey,
         session: Option<&SessionKey>,
     ) -> Option<Arc<LogoutFrame>> {
-        let by_user = self.watermarks.user(user).filter(|e| e.revokes_iat(iat));
+        let leeway = self.leeway(user.iss);
+        let by_user = self
+            .watermarks
+            .user(user)
+            .filter(|e| e.revokes_iat(iat, leeway));
         let by_session = session
             .and_then(|k| self.watermarks.session(k))
-            .filter(|e| e.revokes_iat(iat));
+            .filter(|e| e.revokes_iat(iat, leeway));
         let latest = match (by_user, by_session) {
             (Some(a), Some(b)) => Some(if a.at_ms >= b.at_ms { a } else { b }),
             (a, b) => a.or(b),
@@ -399,7 +412,7 @@ impl Revocation {
         ]
         .into_iter()
         .flatten()
-        .map(|e| e.at_ms.div_euclid(1000) as u64 + 1)
+        .map(|e| (e.at_ms.div_euclid(1000) + self.leeway(user.iss)) as u64 + 1)
         .max();
         latest.map_or(now_secs, |first| now_secs.max(first))
     }

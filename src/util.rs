@@ -79,6 +79,36 @@ pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
     std::fs::rename(&tmp, path)
 }
 
+/// One socket's budget of frames: `rate` per second, at most `burst` at
+/// once. Owned by the socket's reader (no lock); every socket kind uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    tokens: f32,
+    refilled: Instant,
+}
+
+impl Budget {
+    pub fn new(burst: u32) -> Budget {
+        Budget {
+            tokens: burst as f32,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens; false when the budget cannot cover them.
+    pub fn take(&mut self, n: u32, rate: u32, burst: u32) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f32() * rate as f32;
+        self.tokens = (self.tokens + refill).min(burst as f32);
+        self.refilled = now;
+        self.tokens -= n as f32;
+        self.tokens >= 0.0
+    }
+}
+
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 /// Behind a std mutex: the critical section is a few arithmetic operations.
 pub struct TokenBucket {
@@ -151,10 +181,41 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedLimiter<K> {
     }
 }
 
+/// The longest identifier (sub, sid, iss, client_id) the hub accepts or
+/// stores, from any source: tokens, API requests, configuration.
+pub const MAX_ID_BYTES: usize = 255;
+
 /// An identifier a client may choose (sub, sid, client_id): 1 to 255
-/// characters, none of them control characters.
+/// bytes, none of them control characters.
 pub fn is_printable_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control)
+    !s.is_empty() && s.len() <= MAX_ID_BYTES && !s.chars().any(char::is_control)
+}
+
+/// An identifier from a request body, checked as it is parsed
+/// ([`is_printable_id`]): an oversized or control-laden one is refused with
+/// a precise error before anything stores it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Id(pub String);
+
+impl TryFrom<String> for Id {
+    type Error = String;
+    fn try_from(s: String) -> Result<Id, String> {
+        if is_printable_id(&s) {
+            Ok(Id(s))
+        } else {
+            Err(format!(
+                "identifiers are 1 to {MAX_ID_BYTES} bytes of printable characters"
+            ))
+        }
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`) or a single address.
@@ -236,6 +297,15 @@ mod tests {
         );
         assert!(IpNet::parse("10.0.0.0/33").is_err());
         assert!(IpNet::parse("nope").is_err());
+    }
+
+    #[test]
+    fn a_budget_covers_its_burst_then_refuses() {
+        let mut b = Budget::new(3);
+        assert!(b.take(2, 1, 3));
+        assert!(b.take(1, 1, 3));
+        assert!(!b.take(1, 1, 3));
+        assert!(b.take(0, 1, 3), "nothing costs nothing");
     }
 
     #[test]

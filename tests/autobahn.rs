@@ -65,7 +65,7 @@ async fn echo(mut stream: TcpStream) {
                 }
                 Message::Binary(b) => codec::encode_frame(&mut out, codec::OP_BINARY, b, None),
                 Message::Ping(p) => codec::encode_frame(&mut out, codec::OP_PONG, p, None),
-                Message::Pong(_) => {}
+                Message::Pong(_) | Message::Fragment => {}
                 Message::Close(c) => {
                     match c {
                         Some((code, _)) => out.extend_from_slice(&codec::close_frame(code, "")),

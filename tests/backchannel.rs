@@ -127,7 +127,8 @@ async fn the_rp_conformance_cases_are_each_refused_with_400_and_no_store() {
 
 #[tokio::test]
 async fn a_valid_token_logs_out_by_sid_or_sub_and_a_replay_fans_out_nothing() {
-    let hub = TestHub::start().await;
+    // No leeway: a token of the next second counts as issued after a logout.
+    let hub = TestHub::with(|c| c.issuers[0].leeway_secs = 0).await;
     let s1 = hs256_token(json!({"sub": "alice", "sid": "s1"}));
     let s2 = hs256_token(json!({"sub": "alice", "sid": "s2"}));
     let (mut a1, _) = hub.socket(&s1).await;
@@ -145,10 +146,13 @@ async fn a_valid_token_logs_out_by_sid_or_sub_and_a_replay_fans_out_nothing() {
     assert_eq!(m["reason"], "backchannel_logout");
     a2.assert_quiet().await;
 
-    // A new login to session s1 (a token issued after the logout), then the
-    // same logout token again: 200, and nothing reaches the new socket.
-    let later = slo_hub::util::now_secs() + 1;
-    let fresh = hs256_token(json!({"sub": "alice", "sid": "s1", "iat": later}));
+    // A new login to session s1 (a token issued after the logout: in the
+    // next second), then the same logout token again: 200, and nothing
+    // reaches the new socket.
+    let next_second = (slo_hub::util::now_secs() + 1) * 1000;
+    let wait = next_second as i64 - slo_hub::util::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(wait.max(0) as u64)).await;
+    let fresh = hs256_token(json!({"sub": "alice", "sid": "s1"}));
     let (mut s3, _) = hub.socket(&fresh).await;
     let delivered = hub.metric("slo_hub_messages_delivered_total").await;
     let (status, _, _) = send(&hub, &token).await;
@@ -189,4 +193,41 @@ async fn typ_logout_jwt_is_enforced_when_the_issuer_requires_it() {
     );
     let (status, _, _) = send(&hub, &logout_token(json!({}))).await;
     assert_eq!(status, 200);
+}
+
+/// The hub signs logout tokens for its apps' backends. An app (or anyone
+/// who saw one) posting it back to the hub's receiver is not an identity
+/// provider speaking: refused.
+#[tokio::test]
+async fn the_hubs_own_logout_tokens_are_refused_as_input() {
+    let sso = common::sso::Sso::start().await;
+    let (_, _, login) = sso.alice_on("web").await;
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    let now = slo_hub::util::now_secs();
+    let own = sso.hub.app().session_signer.sign_typed(
+        &json!({
+            "iss": sso.hub.url, "aud": "web", "sid": login.sid,
+            "iat": now, "exp": now + 120, "jti": slo_hub::util::random_id(),
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        }),
+        "logout+jwt",
+    );
+    let (status, _, body) = send(&sso.hub, &own).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    ws.assert_quiet().await;
+}
+
+/// A body over the limit is answered in this endpoint's error shape too.
+#[tokio::test]
+async fn an_oversized_body_gets_the_same_error_shape() {
+    let hub = TestHub::start().await;
+    let big = format!("logout_token={}", "x".repeat(64 * 1024));
+    let (status, _, body) = post(&hub, &big, "application/x-www-form-urlencoded").await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    assert!(body["error_description"].as_str().is_some(), "{body}");
 }

@@ -144,3 +144,72 @@ async fn invalid_sets_get_rfc_8935_errors_and_change_nothing() {
     assert_eq!(hub.app().revocation.watermark_count(), 0);
     alice.assert_quiet().await;
 }
+
+/// An `iss_sub` subject names a user *of that issuer*: not the
+/// transmitter's user of the same name. An issuer that is not configured,
+/// or that the transmitter may not speak for, is refused.
+#[tokio::test]
+async fn an_iss_sub_subject_is_a_user_of_the_issuer_it_names() {
+    let hub = TestHub::start().await;
+    let dev_iss = hub.dev_iss();
+    let (mut test_alice, _) = hub.socket(&hs256_token(json!({"sub": "alice"}))).await;
+    let (mut dev_alice, _) = hub.socket(&hub.token("alice", None).await).await;
+    for iss in ["https://unknown-idp.example", dev_iss.as_str()] {
+        let token = set(json!({"sub_id": {"format": "iss_sub", "iss": iss, "sub": "alice"}}));
+        let (status, body) = push(&hub, &token, SET_TYPE).await;
+        assert_eq!(
+            (status, body["err"].as_str()),
+            (400, Some("invalid_request")),
+            "{iss}: {body}"
+        );
+    }
+    test_alice.assert_quiet().await;
+    dev_alice.assert_quiet().await;
+
+    // A second issuer the transmitter may speak for: its alice, and only her.
+    const SECOND: &str = "https://second.test";
+    const SECOND_SECRET: &str = "second-secret-second-secret-second-0123";
+    let hub = TestHub::with(|c| {
+        let mut second = c.issuers[0].clone();
+        second.issuer = SECOND.into();
+        second.hs256_secret = Some(SECOND_SECRET.into());
+        c.issuers[0].speaks_for = vec![SECOND.into()];
+        c.issuers.push(second);
+    })
+    .await;
+    let now = slo_hub::util::now_secs();
+    let second_token = forge(
+        &json!({"alg": "HS256"}),
+        &json!({"iss": SECOND, "aud": TEST_AUD, "sub": "alice", "iat": now, "exp": now + 600}),
+        SECOND_SECRET.as_bytes(),
+    );
+    let (mut test_alice, _) = hub.socket(&hs256_token(json!({"sub": "alice"}))).await;
+    let (mut second_alice, _) = hub.socket(&second_token).await;
+    let token = set(json!({"sub_id": {"format": "iss_sub", "iss": SECOND, "sub": "alice"}}));
+    let (status, body) = push(&hub, &token, SET_TYPE).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(second_alice.recv_json().await["type"], "logout");
+    test_alice.assert_quiet().await;
+}
+
+/// A SET need not carry `exp`. Its `jti` is remembered as long as an event
+/// is accepted at all, so an old one cannot be replayed once its `jti` is
+/// forgotten: events older than that are refused.
+#[tokio::test]
+async fn an_event_older_than_its_jti_is_remembered_is_refused() {
+    let hub = TestHub::start().await;
+    let (mut alice, _) = hub.socket(&hs256_token(json!({"sub": "alice"}))).await;
+    let day_ago = slo_hub::util::now_secs() as i64 - 25 * 3600;
+    let (status, body) = push(&hub, &set(json!({"iat": day_ago})), SET_TYPE).await;
+    assert_eq!(status, 400, "{body}");
+    alice.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_the_same_error_shape() {
+    let hub = TestHub::start().await;
+    let (status, body) = push(&hub, &"x".repeat(64 * 1024), SET_TYPE).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["err"], "invalid_request", "{body}");
+    assert!(body["description"].as_str().is_some(), "{body}");
+}

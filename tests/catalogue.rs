@@ -34,6 +34,7 @@ async fn hub() -> TestHub {
             leeway_secs: 5,
             jwks_min_refetch_secs: 30,
             require_logout_typ: false,
+            speaks_for: vec![],
         });
     })
     .await
@@ -219,12 +220,16 @@ async fn a_kid_with_path_or_injection_characters_is_refused() {
 #[tokio::test]
 async fn crit_headers_are_refused_and_jku_x5u_are_never_fetched() {
     let hub = hub().await;
-    let token = forge(
-        &json!({"alg": "HS256", "crit": ["exp"]}),
-        &claims(json!({})),
-        TEST_SECRET.as_bytes(),
-    );
-    refused(&hub, &token, "crit_not_supported", 4401).await;
+    // RFC 7515 §4.1.11: `crit`, when present, is a non-empty array of
+    // extensions the recipient must understand; null or empty is no escape.
+    for crit in [json!(["exp"]), json!(null), json!([])] {
+        let token = forge(
+            &json!({"alg": "HS256", "crit": crit}),
+            &claims(json!({})),
+            TEST_SECRET.as_bytes(),
+        );
+        refused(&hub, &token, "crit_not_supported", 4401).await;
+    }
     // jku / x5u pointing at a listener of ours: the hub must never call it.
     let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/jwks.json", trap.local_addr().unwrap());
@@ -336,6 +341,7 @@ fn ec_issuer(iss: &str, jwks_url: Option<String>, jwk: Option<&Value>) -> Issuer
         leeway_secs: 5,
         jwks_min_refetch_secs: 30,
         require_logout_typ: false,
+        speaks_for: vec![],
     }
 }
 

@@ -146,6 +146,93 @@ async fn a_user_token_logs_out_its_session_only_with_scope_session() {
     assert_eq!(other.recv_json().await["type"], "logout");
 }
 
+/// An issuer whose clock runs ahead mints tokens with an `iat` in our
+/// future (within its leeway). One minted before a logout must not survive
+/// it because of that.
+#[tokio::test]
+async fn a_token_from_an_issuer_whose_clock_runs_ahead_does_not_survive_a_logout() {
+    let hub = TestHub::start().await;
+    let ahead = slo_hub::util::now_secs() + 4; // the test issuer's leeway is 5
+    let token = hs256_token(json!({"sub": "alice", "iat": ahead, "exp": ahead + 600}));
+    let (mut ws, _) = hub.socket(&token).await;
+    let (status, _) = hub
+        .logout(API_KEY, json!({"sub": "alice", "iss": TEST_ISS}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(ws.recv_json().await["type"], "logout");
+    let mut again = Ws::connect(&hub.ws_url, None).await.unwrap();
+    again
+        .send_json(json!({"type": "auth", "token": token}))
+        .await;
+    assert_eq!(again.recv_json().await["type"], "logout");
+    assert_eq!(again.close_code().await, Some(4000));
+    let (status, v) = hub.logout(&token, json!({"scope": "user"})).await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("token_revoked")));
+}
+
+/// Identifiers are capped at 255 printable bytes wherever they come from:
+/// an API key cannot make the hub store a 15 KB `sub` for a day.
+#[tokio::test]
+async fn oversized_or_control_character_identifiers_are_refused() {
+    let hub = TestHub::start().await;
+    let huge = "x".repeat(15 * 1024);
+    for body in [
+        json!({"sub": huge}),
+        json!({"sid": huge}),
+        json!({"sub": "a\u{0}b"}),
+        json!({"sub": "alice", "iss": huge}),
+    ] {
+        let (status, v) = hub.logout(API_KEY, body.clone()).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("bad_request")),
+            "{v}"
+        );
+        assert!(v["message"].as_str().unwrap().contains("255"), "{v}");
+    }
+    for body in [
+        json!({"type": "session", "id": huge}),
+        json!({"type": "user", "sub": huge}),
+        json!({"type": "external_session", "iss": TEST_ISS, "sid": huge}),
+    ] {
+        let r = hub
+            .http
+            .post(format!("{}/v1/revocations", hub.url))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(hub.app().revocation.watermark_count(), 0, "nothing stored");
+}
+
+/// A token that a logout revoked acts nowhere: a leaked, logged-out token
+/// cannot go on logging its user out of every new session.
+#[tokio::test]
+async fn a_revoked_token_cannot_trigger_a_logout() {
+    let hub = TestHub::start().await;
+    let old = hub.token("alice", Some("s1")).await;
+    let (status, _) = hub.backend_logout(json!({"sub": "alice"})).await;
+    assert_eq!(status, 200);
+    // Alice logs in again, after the logout.
+    let fresh = hub.token("alice", Some("s2")).await;
+    let (mut ws, _) = hub.socket(&fresh).await;
+    for scope in ["user", "session"] {
+        let (status, v) = hub.logout(&old, json!({"scope": scope})).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (401, Some("token_revoked")),
+            "{v}"
+        );
+    }
+    ws.assert_quiet().await;
+    let (status, _) = hub.logout(&fresh, json!({"scope": "user"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(ws.recv_json().await["type"], "logout");
+}
+
 #[tokio::test]
 async fn a_backend_can_log_out_one_session_by_sid() {
     let hub = TestHub::start().await;
@@ -268,7 +355,10 @@ async fn trigger_errors_have_precise_statuses() {
     assert_eq!(r.status(), 400);
     for (body, why) in [
         (json!({"sub": "x", "surprise": 1}), "unknown field"),
-        (json!({"sub": "x", "scope": "everything"}), "scope must be"),
+        (
+            json!({"sub": "x", "scope": "everything"}),
+            "expected `user` or `session`",
+        ),
         (json!({}), "name the user"),
         (
             json!({"sub": "x", "wait_for_acks_ms": 60_000}),
@@ -319,11 +409,13 @@ async fn trigger_errors_have_precise_statuses() {
         .unwrap();
     assert_eq!(r.status(), 415);
 
-    // 429: the user's trigger budget (burst 2) runs out.
+    // 429: the user's trigger budget (burst 2) runs out, whichever of
+    // her sessions asks (each token logs out its own session).
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
-        for _ in 0..3 {
-            v.push(hub.logout(&alice, json!({"scope": "session"})).await.0);
+        for sid in ["t1", "t2", "t3"] {
+            let token = hub.token("alice", Some(sid)).await;
+            v.push(hub.logout(&token, json!({"scope": "session"})).await.0);
         }
         v
     };
@@ -434,6 +526,49 @@ async fn a_message_flood_is_closed_with_4429() {
         ws.send_json(json!({"type": "ping"})).await;
     }
     assert_eq!(ws.close_code().await, Some(4429));
+}
+
+/// Every frame costs the sender budget, also frames that carry no message:
+/// pings before `auth`, unsolicited pongs, empty continuation frames of a
+/// message that never ends. (One socket sent 114.7 M such frames in 5 s.)
+#[tokio::test]
+async fn every_frame_costs_budget_even_one_without_a_message() {
+    let hub = TestHub::start().await;
+    let token = hub.token("alice", None).await;
+    let auth = RawClient::frame(
+        0x1,
+        json!({"type": "auth", "token": token})
+            .to_string()
+            .as_bytes(),
+    );
+    let many = |frame: Vec<u8>| -> Vec<u8> { (0..500).flat_map(|_| frame.clone()).collect() };
+    // A fragment without FIN: the message goes on, nothing is delivered.
+    let unfinished = |opcode: u8, payload: &[u8]| {
+        let mut f = RawClient::frame(opcode, payload);
+        f[0] &= 0x7F;
+        f
+    };
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("pings before auth", many(RawClient::frame(0x9, b""))),
+        (
+            "unsolicited pongs",
+            [auth.clone(), many(RawClient::frame(0xA, b""))].concat(),
+        ),
+        (
+            "empty continuations",
+            [
+                auth.clone(),
+                unfinished(0x1, b"{"),
+                many(unfinished(0x0, b"")),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut c = RawClient::connect(&hub.url).await;
+        c.write(&bytes).await.unwrap();
+        assert_eq!(c.read_until_close().await, Some(4429), "{what}");
+    }
 }
 
 #[tokio::test]

@@ -213,6 +213,44 @@ async fn a_session_tokens_own_logout_tells_the_backend() {
     wait_for_metric(&sso, DELIVERED, 1.0).await;
 }
 
+/// Every client that joined the session (here by silent SSO) is told, each
+/// with a token for itself; a client without a back-channel URI is skipped.
+#[tokio::test]
+async fn every_client_that_joined_the_session_is_told() {
+    let mut backend = Backend::start(&[], true).await;
+    let mut other = Backend::start(&[], true).await;
+    let other_url = other.url.clone();
+    let sso = hub_for(&backend, move |c| {
+        for client in &mut c.clients {
+            if client.client_id == "web-other" {
+                client.backchannel_logout_uri = Some(other_url.clone());
+            }
+        }
+    })
+    .await;
+    let (_, browser, login) = sso.alice_on("web").await;
+    let (_, challenge) = pkce();
+    for client in ["web-other", "web-offline"] {
+        let r = sso
+            .authorize(&browser, client, None, None, &challenge)
+            .await;
+        assert!(r.param("code").is_some(), "{client} joins: {r:?}");
+    }
+    sso.revoke(json!({"type": "session", "id": login.sid}))
+        .await;
+    let token = backend.next_token().await;
+    let other_token = other.next_token().await;
+    let c = verify(&sso, &token).await.1;
+    assert_eq!(
+        (c["sid"].as_str(), c["aud"].as_str()),
+        (Some(login.sid.as_str()), Some("web"))
+    );
+    let payload = claims(&other_token);
+    assert_eq!(payload["aud"], "web-other");
+    assert_eq!(payload["sid"], login.sid);
+    wait_for_metric(&sso, DELIVERED, 2.0).await;
+}
+
 /// A 400 is the backend's verdict on the token: not retried. Failures
 /// (503) are retried up to `max_attempts`, then given up and counted.
 #[tokio::test]

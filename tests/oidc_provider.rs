@@ -130,6 +130,7 @@ async fn a_logout_at_oidc_provider_reaches_the_socket_before_and_after_key_rotat
             // A rotated key is fetched at its first sight.
             jwks_min_refetch_secs: 0,
             require_logout_typ: true,
+            speaks_for: vec![],
         });
     })
     .await;

@@ -492,6 +492,27 @@ async fn silence_closes_4201_and_a_message_flood_4100() {
     assert_eq!((pongs, code), (5, Some(4100)));
 }
 
+/// Frames that carry no message still cost budget: a flood of pongs is
+/// closed 4100 like a flood of events.
+#[tokio::test]
+async fn a_flood_of_frames_without_messages_is_closed_4100() {
+    let hub = TestHub::with(|c| {
+        pusher_app(c);
+        c.ws.max_messages_per_sec = 5;
+        c.ws.message_burst = 5;
+    })
+    .await;
+    let (mut flood, _) = raw_socket(&hub).await;
+    for _ in 0..50 {
+        flood
+            .send(tokio_tungstenite::tungstenite::Message::Pong(
+                Vec::new().into(),
+            ))
+            .await;
+    }
+    assert_eq!(flood.close_code().await, Some(4100));
+}
+
 /// Pusher's presence limits: 100 members per channel (a 101st user is
 /// refused; a member's second socket still joins) and 1 KB of user_info.
 #[tokio::test]

@@ -1284,3 +1284,129 @@ async fn private_key_jwt_authenticates_a_client_once_per_assertion() {
         );
     }
 }
+
+/// Silent SSO lets a second client join a web session. When the session
+/// ends, the joined client's online refresh tokens end with it, whatever
+/// the creating client's own rule is.
+#[tokio::test]
+async fn a_joined_clients_online_refresh_tokens_end_with_the_session() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let mut browser = Browser::default();
+    // Created by a client whose refresh tokens are offline...
+    let first = sso
+        .open_web(
+            &mut browser,
+            "web-offline",
+            &sso.stt("native", &refresh).await,
+        )
+        .await;
+    // ...joined by `web` (online) through the session cookie.
+    let (verifier, challenge) = pkce();
+    let r = sso.authorize(&browser, "web", None, None, &challenge).await;
+    let code = r.param("code").expect("silent SSO");
+    let (status, v) = sso.exchange("web", code, &verifier).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["session_id"], first.sid, "the same session");
+    let joined_refresh = v["refresh_token"].as_str().unwrap().to_string();
+    sso.revoke(json!({"type": "session", "id": first.sid}))
+        .await;
+    let (status, v) = sso
+        .token(json!({"grant_type": "refresh_token", "client_id": "web",
+            "refresh_token": joined_refresh}))
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{v}"
+    );
+    // The creator's offline token lives on, as its client says.
+    let (status, v) = sso
+        .token(
+            json!({"grant_type": "refresh_token", "client_id": "web-offline",
+            "refresh_token": first.refresh_token.unwrap()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// A second native session of the same user redeemed into the browser's
+/// live web session (outcome 2) is one of its parents: revoking it ends
+/// the web session, as revoking the first would.
+#[tokio::test]
+async fn a_web_session_ends_when_any_native_session_that_joined_it_is_revoked() {
+    let sso = Sso::start().await;
+    let phone = sso.native_login("native", "alice").await;
+    let tablet = sso.native_login("native", "alice").await;
+    let mut browser = Browser::default();
+    let login = sso
+        .open_web(&mut browser, "web", &sso.stt("native", &phone).await)
+        .await;
+    let again = sso
+        .open_web(&mut browser, "web", &sso.stt("native", &tablet).await)
+        .await;
+    assert_eq!(again.sid, login.sid, "outcome 2: the session is reused");
+    let (mut ws, _) = sso.hub.socket(&login.token).await;
+    let v = sso
+        .revoke(json!({"type": "refresh_token", "token": tablet}))
+        .await;
+    assert_eq!(revoked_counts(&v).0, 1, "{v}");
+    let msg = ws.recv_json().await;
+    assert_eq!(
+        (msg["type"].as_str(), msg["sid"].as_str()),
+        (Some("logout"), Some(login.sid.as_str()))
+    );
+    let (_, challenge) = pkce();
+    let r = sso.authorize(&browser, "web", None, None, &challenge).await;
+    assert_eq!(r.param("error"), Some("login_required"));
+}
+
+/// RFC 7636 §4.1: a verifier is 43 to 128 characters of the unreserved
+/// set; anything else is a malformed request (and leaves the code usable).
+#[tokio::test]
+async fn pkce_verifiers_outside_rfc_7636_are_malformed_requests() {
+    let sso = Sso::start().await;
+    let refresh = sso.native_login("native", "alice").await;
+    let stt = sso.stt("native", &refresh).await;
+    let (verifier, challenge) = pkce();
+    let r = sso
+        .authorize(&Browser::default(), "web", Some(&stt), None, &challenge)
+        .await;
+    let code = r.param("code").unwrap().to_string();
+    for bad in [
+        "a".repeat(42),
+        "a".repeat(129),
+        format!("{}+/", "a".repeat(41)),
+    ] {
+        let (status, v) = sso.exchange("web", &code, &bad).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {v}"
+        );
+    }
+    let (status, v) = sso.exchange("web", &code, &verifier).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// RFC 7009 §2.2.1: the revocation endpoint revokes refresh tokens; an
+/// access or session token is `unsupported_token_type` (it ends by a
+/// logout), never a silent 200.
+#[tokio::test]
+async fn revoking_an_access_token_says_unsupported_token_type() {
+    let sso = Sso::start().await;
+    let (_, _, login) = sso.alice_on("web").await;
+    let (status, _, v) = sso
+        .hub
+        .post_body(
+            "/oauth/revoke",
+            "application/x-www-form-urlencoded",
+            &format!("client_id=web&token={}", login.token),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("unsupported_token_type")),
+        "{v}"
+    );
+}

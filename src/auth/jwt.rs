@@ -84,7 +84,15 @@ pub struct RawHeader {
     pub alg: String,
     pub kid: Option<String>,
     pub typ: Option<String>,
+    /// Present at all (even `null` or `[]`) is what counts: RFC 7515
+    /// §4.1.11 allows only a non-empty array, and we understand no extension.
+    #[serde(default, deserialize_with = "present")]
     pub crit: Option<serde_json::Value>,
+}
+
+/// `Some` for any value, `null` included (serde maps `null` to `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -108,6 +116,8 @@ pub struct Issuer {
     pub jwks_min_refetch_secs: u64,
     /// Back-channel logout tokens must carry `typ: logout+jwt`.
     pub require_logout_typ: bool,
+    /// Other issuers whose users this issuer's security events may name.
+    pub speaks_for: Vec<String>,
 }
 
 /// The claims of a verified back-channel logout token that the hub acts on.
@@ -130,11 +140,16 @@ pub const CAEP_SESSION_REVOKED: &str =
 /// Who a verified `session-revoked` event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedSession {
+    /// The transmitter (the SET's `iss`).
     pub issuer: IssuerId,
+    /// The issuer an `iss_sub` subject names, if it names one: the user is
+    /// that issuer's (the receiver resolves and authorizes it).
+    pub subject_iss: Option<String>,
     pub sub: Option<String>,
     pub sid: Option<String>,
     pub jti: String,
-    /// When the `jti` may be forgotten (epoch seconds).
+    /// When the `jti` may be forgotten (epoch seconds): by then the event
+    /// is too old to be accepted anyway.
     pub keep_until: i64,
 }
 
@@ -147,20 +162,25 @@ struct RawSetClaims {
     sub_id: Option<serde_json::Value>,
 }
 
-/// A subject identifier (RFC 9493) as CAEP uses it: `iss_sub` or `opaque`
-/// names a user; `complex` may name a `user` and a `session` (`opaque`).
-fn subject(sub_id: &serde_json::Value) -> (Option<String>, Option<String>) {
+/// A subject as [`subject`] reads it: (the issuer an `iss_sub` names,
+/// user, session).
+type Subject = (Option<String>, Option<String>, Option<String>);
+
+/// A subject identifier (RFC 9493) as CAEP uses it: `iss_sub` names a user
+/// *of that issuer*, `opaque` a user of the transmitter; `complex` may name
+/// a `user` and a `session` (`opaque`).
+fn subject(sub_id: &serde_json::Value) -> Subject {
     let text =
         |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     match sub_id.get("format").and_then(|f| f.as_str()) {
-        Some("iss_sub") => (text(sub_id, "sub"), None),
-        Some("opaque") => (text(sub_id, "id"), None),
+        Some("iss_sub") => (text(sub_id, "iss"), text(sub_id, "sub"), None),
+        Some("opaque") => (None, text(sub_id, "id"), None),
         Some("complex") => {
-            let user = sub_id.get("user").map(subject).and_then(|(u, _)| u);
+            let (iss, user, _) = sub_id.get("user").map(subject).unwrap_or_default();
             let session = sub_id.get("session").and_then(|s| text(s, "id"));
-            (user, session)
+            (iss, user, session)
         }
-        _ => (None, None),
+        _ => (None, None, None),
     }
 }
 
@@ -194,6 +214,7 @@ impl Issuer {
             hmac: None,
             jwks_url: s.jwks_url.clone(),
             require_logout_typ: s.require_logout_typ,
+            speaks_for: s.speaks_for.clone(),
             jwks_min_refetch_secs: s.jwks_min_refetch_secs,
         };
         if let Some(secret) = &s.hs256_secret {
@@ -335,14 +356,27 @@ impl Issuer {
             .sub_id
             .or_else(|| event.get("subject").cloned())
             .ok_or(AuthError::MissingClaim("sub"))?;
-        let (sub, sid) = subject(&sub_id);
+        let (subject_iss, sub, sid) = subject(&sub_id);
+        if subject_iss
+            .as_ref()
+            .is_some_and(|i| i.is_empty() || i.len() > 255)
+        {
+            return Err(AuthError::BadClaims);
+        }
+        let iat = c.iat.unwrap_or(0);
+        // An event without `exp` could be replayed once its `jti` is
+        // forgotten; one older than the `jti` memory is refused instead.
+        if iat + max_lifetime < now {
+            return Err(AuthError::Expired);
+        }
         let (jti, sub, sid) = self.event_claims(c.iat, c.jti, sub, sid, now)?;
         Ok(RevokedSession {
             issuer: self.id,
+            subject_iss,
             sub,
             sid,
             jti,
-            keep_until: (now + max_lifetime) as i64,
+            keep_until: (iat + max_lifetime + self.leeway) as i64,
         })
     }
 
@@ -554,12 +588,22 @@ mod tests {
 
     #[test]
     fn crit_and_bad_kids_are_refused() {
-        let t = format!(
-            "{}.{}.sig",
-            b64(&serde_json::json!({"alg": "RS256", "crit": ["exp"]})),
-            b64(&serde_json::json!({}))
-        );
-        assert_eq!(inspect(&t).unwrap_err(), AuthError::UnsupportedCritical);
+        for crit in [
+            serde_json::json!(["exp"]),
+            serde_json::json!(null),
+            serde_json::json!([]),
+        ] {
+            let t = format!(
+                "{}.{}.sig",
+                b64(&serde_json::json!({"alg": "RS256", "crit": crit})),
+                b64(&serde_json::json!({}))
+            );
+            assert_eq!(
+                inspect(&t).unwrap_err(),
+                AuthError::UnsupportedCritical,
+                "{crit}"
+            );
+        }
         for kid in ["../../etc/passwd", "a b", "", "k\\1"] {
             let t = format!(
                 "{}.{}.sig",

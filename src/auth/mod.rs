@@ -136,6 +136,13 @@ impl Authenticator {
         &self.issuers[id.0 as usize].iss
     }
 
+    /// Whether security events of `transmitter` may name the users of the
+    /// issuer `iss` (its own, or one it is configured to speak for).
+    pub fn speaks_for(&self, transmitter: IssuerId, iss: &str) -> bool {
+        let t = &self.issuers[transmitter.0 as usize];
+        t.iss == iss || t.speaks_for.iter().any(|s| s == iss)
+    }
+
     /// The issuer when exactly one is configured besides `except` (the
     /// hub's own session issuer), which lets backends omit `iss`.
     pub fn single_issuer(&self, except: IssuerId) -> Option<IssuerId> {

@@ -112,6 +112,7 @@ impl Signer {
             leeway_secs: 5,
             jwks_min_refetch_secs: 30,
             require_logout_typ: false,
+            speaks_for: vec![],
         }
     }
 

@@ -77,7 +77,8 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
     }
     let body = match super::read_body(req, app.config.http.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        // In this endpoint's error shape (§2.8), 413 included.
+        Err(e) => return respond(e.status(), "invalid_request", Some(e.to_string())),
     };
     let token = match logout_token_from_form(&body) {
         Ok(t) => t,
@@ -90,6 +91,11 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
             return invalid(format!("logout token refused: {} ({})", e, e.reason()));
         }
     };
+    if claims.issuer == app.session_issuer_id {
+        // The hub signs logout tokens for its apps' backends; one coming
+        // back in is an app replaying it, not an identity provider.
+        return invalid("the hub does not accept its own logout tokens");
+    }
     let Some(target) = Target::session_or_user(claims.issuer, &claims.sid, &claims.sub) else {
         return invalid("the logout token names neither sub nor sid");
     };

@@ -69,7 +69,8 @@ async fn push(State(app): State<Arc<App>>, req: Request) -> Response {
     }
     let body = match super::read_body(req, app.config.http.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        // In RFC 8935's error shape, 413 included.
+        Err(e) => return respond(e.status(), Some(("invalid_request", e.to_string()))),
     };
     let Ok(token) = std::str::from_utf8(&body) else {
         return respond(
@@ -85,7 +86,36 @@ async fn push(State(app): State<Arc<App>>, req: Request) -> Response {
             return respond(StatusCode::BAD_REQUEST, Some((err_code(&e), description)));
         }
     };
-    let Some(target) = Target::session_or_user(event.issuer, &event.sid, &event.sub) else {
+    if event.issuer == app.session_issuer_id {
+        let why = "the hub does not accept its own tokens as security events";
+        return respond(
+            StatusCode::BAD_REQUEST,
+            Some(("invalid_request", why.into())),
+        );
+    }
+    // An `iss_sub` subject is a user of the issuer it names, which must be
+    // configured and one the transmitter may speak for.
+    let subject_issuer = match &event.subject_iss {
+        None => event.issuer,
+        Some(iss) => match app.auth.issuer_id(iss) {
+            Some(id) if app.auth.speaks_for(event.issuer, iss) => id,
+            Some(_) => {
+                let why = "this transmitter may not name users of the subject's issuer";
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    Some(("invalid_request", why.into())),
+                );
+            }
+            None => {
+                let why = "the subject's issuer (iss_sub) is not configured";
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    Some(("invalid_request", why.into())),
+                );
+            }
+        },
+    };
+    let Some(target) = Target::session_or_user(subject_issuer, &event.sid, &event.sub) else {
         let why = "the event names neither a user nor a session";
         return respond(
             StatusCode::BAD_REQUEST,

@@ -15,30 +15,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, authorization};
+use super::{ApiJson, Bearer};
 use crate::App;
 use crate::auth::{Credential, IssuerId};
-use crate::error::{ApiError, AuthError};
+use crate::error::ApiError;
 use crate::registry::{SessionKey, Target, UserKey};
 use crate::revocation::LogoutOrder;
+use crate::util::Id;
 
 pub fn router() -> Router<Arc<App>> {
     Router::new().route("/v1/logout", post(logout))
 }
 
+/// What a logout addresses when the body says so.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    User,
+    Session,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogoutBody {
-    scope: Option<String>,
-    sub: Option<String>,
-    sid: Option<String>,
-    iss: Option<String>,
+    scope: Option<Scope>,
+    sub: Option<Id>,
+    sid: Option<Id>,
+    iss: Option<Id>,
     reason: Option<String>,
     wait_for_acks_ms: Option<u64>,
 }
@@ -47,20 +55,9 @@ const MAX_REASON: usize = 200;
 
 async fn logout(
     State(app): State<Arc<App>>,
-    uri: Uri,
-    headers: HeaderMap,
+    Bearer(cred): Bearer,
     ApiJson(body): ApiJson<LogoutBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if crate::ws::query_has_credentials(uri.query()) {
-        app.metrics
-            .auth_failure("http", AuthError::CredentialsInUrl.reason());
-        return Err(AuthError::CredentialsInUrl.into());
-    }
-    let cred = app
-        .auth
-        .authenticate_bearer(authorization(&headers))
-        .await
-        .inspect_err(|e| app.metrics.auth_failure("http", e.reason()))?;
     let reason = match body.reason.as_deref() {
         None | Some("") => "logout".to_string(),
         Some(r) if r.len() > MAX_REASON || r.chars().any(char::is_control) => {
@@ -102,9 +99,9 @@ async fn logout(
             if !app.user_trigger_limits.try_take(&user) {
                 return Err(ApiError::RateLimited);
             }
-            let target = match body.scope.as_deref().unwrap_or("user") {
-                "user" => Target::User(user.clone()),
-                "session" => {
+            let target = match body.scope.unwrap_or(Scope::User) {
+                Scope::User => Target::User(user.clone()),
+                Scope::Session => {
                     let sid = p.sid.as_deref().ok_or_else(|| {
                         ApiError::bad_request(
                             "bad_request",
@@ -116,32 +113,27 @@ async fn logout(
                         sid: sid.into(),
                     })
                 }
-                _ => return Err(bad_scope()),
             };
             (target, Some(user.sub), "user")
         }
         Credential::Backend(key) => {
             key.require("logout:any")?;
             let iss = backend_issuer(&app, body.iss.as_deref())?;
-            let sub = body.sub.as_deref().filter(|s| !s.is_empty());
-            let target = match (body.scope.as_deref(), sub, body.sid.as_deref()) {
-                (None | Some("session"), _, Some(sid)) if !sid.is_empty() => {
-                    Target::Session(SessionKey {
-                        iss,
-                        sid: sid.into(),
-                    })
-                }
-                (None | Some("user"), Some(sub), None) => Target::User(UserKey {
+            let target = match (body.scope, &body.sub, &body.sid) {
+                (None | Some(Scope::Session), _, Some(sid)) => Target::Session(SessionKey {
                     iss,
-                    sub: sub.into(),
+                    sid: sid.0.as_str().into(),
                 }),
-                (Some("user"), _, Some(_)) => {
+                (None | Some(Scope::User), Some(sub), None) => Target::User(UserKey {
+                    iss,
+                    sub: sub.0.as_str().into(),
+                }),
+                (Some(Scope::User), _, Some(_)) => {
                     return Err(ApiError::bad_request(
                         "bad_request",
                         "scope \"user\" takes a sub, not a sid",
                     ));
                 }
-                (Some(s), _, _) if s != "user" && s != "session" => return Err(bad_scope()),
                 _ => {
                     return Err(ApiError::bad_request(
                         "bad_request",
@@ -149,7 +141,7 @@ async fn logout(
                     ));
                 }
             };
-            (target, sub.map(Into::into), "api_key")
+            (target, body.sub.map(|s| s.0.into()), "api_key")
         }
     };
     let outcome = app
@@ -175,10 +167,6 @@ async fn logout(
         answer["acked"] = json!(acked);
     }
     Ok(Json(answer))
-}
-
-fn bad_scope() -> ApiError {
-    ApiError::bad_request("bad_request", "scope must be \"user\" or \"session\"")
 }
 
 /// The issuer a backend request addresses: the named one, or the only one.

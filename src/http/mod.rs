@@ -41,7 +41,8 @@ use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::App;
-use crate::error::{ApiError, ErrorCode};
+use crate::auth::Credential;
+use crate::error::{ApiError, AuthError, ErrorCode};
 
 pub fn router(app: Arc<App>) -> Router {
     let cors = cors(&app);
@@ -111,6 +112,43 @@ fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
         Some(p) if p.starts_with("/apps/") || p.starts_with("/users/") => "pusher_api",
         Some(_) => "other",
         None => "unrouted",
+    }
+}
+
+/// The verified caller of an endpoint that takes a bearer credential: a
+/// backend API key, or a user's token that no logout has revoked (401
+/// `token_revoked` otherwise: a logged-out token acts nowhere). Taken from
+/// the headers before the body is read, so an unauthenticated caller never
+/// gets to send one.
+pub struct Bearer(pub Credential);
+
+impl axum::extract::FromRequestParts<Arc<App>> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, ApiError> {
+        let refuse = |e: AuthError| {
+            app.metrics.auth_failure("http", e.reason());
+            ApiError::Unauthorized(e)
+        };
+        if crate::ws::query_has_credentials(parts.uri.query()) {
+            return Err(refuse(AuthError::CredentialsInUrl));
+        }
+        let cred = app
+            .auth
+            .authenticate_bearer(authorization(&parts.headers))
+            .await
+            .map_err(refuse)?;
+        if let Credential::User(p) = &cred
+            && app.principal_revoked(p).await.map_err(|e| {
+                ApiError::Unavailable(format!("{e}; the token cannot be checked now, retry"))
+            })?
+        {
+            return Err(refuse(AuthError::Revoked));
+        }
+        Ok(Bearer(cred))
     }
 }
 

@@ -13,83 +13,72 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, authorization};
+use super::{ApiJson, Bearer};
 use crate::App;
 use crate::auth::Credential;
 use crate::error::{ApiError, AuthError};
 use crate::registry::{SessionKey, Target, UserKey};
 use crate::revocation::LogoutOrder;
 use crate::sessions::{Revoke, SessionError};
+use crate::util::Id;
 
 pub fn router() -> Router<Arc<App>> {
     Router::new().route("/v1/revocations", post(revoke))
 }
 
+/// The body: one revocation, by its `type`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevocationBody {
-    #[serde(rename = "type")]
-    kind: String,
-    id: Option<String>,
-    token: Option<String>,
-    iss: Option<String>,
-    sid: Option<String>,
-    sub: Option<String>,
-}
-
-fn field<'a>(v: &'a Option<String>, name: &str, kind: &str) -> Result<&'a str, ApiError> {
-    v.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
-        ApiError::bad_request("bad_request", format!("type {kind:?} needs \"{name}\""))
-    })
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum RevocationBody {
+    /// By its public id (`rt_…`) or by the token itself.
+    RefreshToken { id: Option<Id>, token: Option<Id> },
+    /// A native (`ns_…`) or web (`ws_…`) session.
+    Session { id: Id },
+    /// The native sessions rooted at an upstream session.
+    ExternalSession { iss: Id, sid: Id },
+    /// Every session of a user (of one root issuer, if named).
+    User { sub: Id, iss: Option<Id> },
 }
 
 async fn revoke(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Bearer(cred): Bearer,
     ApiJson(body): ApiJson<RevocationBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let cred = app
-        .auth
-        .authenticate_bearer(authorization(&headers))
-        .await
-        .inspect_err(|e| app.metrics.auth_failure("http", e.reason()))?;
     let Credential::Backend(key) = cred else {
         return Err(AuthError::MissingScope("revoke").into());
     };
     key.require("revoke")?;
-    let k = body.kind.as_str();
-    let what = match k {
-        "refresh_token" => Revoke::RefreshToken(match (&body.id, &body.token) {
-            (Some(id), None) if !id.is_empty() => id.clone(),
-            (None, Some(t)) if !t.is_empty() => t.clone(),
+    let (what, sub) = match body {
+        RevocationBody::RefreshToken { id, token } => match (id, token) {
+            (Some(v), None) | (None, Some(v)) => (Revoke::RefreshToken(v.0), None),
             _ => {
                 return Err(ApiError::bad_request(
                     "bad_request",
                     "type \"refresh_token\" needs exactly one of \"id\" and \"token\"",
                 ));
             }
-        }),
-        "session" => Revoke::Session(field(&body.id, "id", k)?.to_string()),
-        "external_session" => Revoke::External {
-            iss: field(&body.iss, "iss", k)?.to_string(),
-            sid: field(&body.sid, "sid", k)?.to_string(),
         },
-        "user" => Revoke::User {
-            sub: field(&body.sub, "sub", k)?.to_string(),
-            iss: body.iss.clone(),
-        },
-        _ => {
-            return Err(ApiError::bad_request(
-                "bad_request",
-                "type must be refresh_token, session, external_session or user",
-            ));
-        }
+        RevocationBody::Session { id } => (Revoke::Session(id.0), None),
+        RevocationBody::ExternalSession { iss, sid } => (
+            Revoke::External {
+                iss: iss.0,
+                sid: sid.0,
+            },
+            None,
+        ),
+        RevocationBody::User { sub, iss } => (
+            Revoke::User {
+                sub: sub.0.clone(),
+                iss: iss.map(|i| i.0),
+            },
+            Some(sub.0),
+        ),
     };
     let revoked = app.sessions.revoke(&what).await.map_err(|e| match e {
         SessionError::Store(s) => ApiError::Unavailable(format!("{s}; retry")),
@@ -130,7 +119,7 @@ async fn revoke(
         let outcome = app
             .logout(LogoutOrder {
                 target,
-                sub: body.sub.as_deref().map(Into::into),
+                sub: sub.as_deref().map(Into::into),
                 reason: "session_revoked".into(),
                 source: "revocation",
                 wait_for_acks: None,

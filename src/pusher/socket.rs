@@ -19,7 +19,7 @@ use super::channels::PConn;
 use super::protocol::{self, ChannelKind, PusherCode};
 use crate::App;
 use crate::config::PusherAppSettings;
-use crate::util::TokenBucket;
+use crate::util::Budget;
 use crate::ws::codec::{self, Decoder, Flow, Message, Role};
 use crate::ws::conn::read_available;
 
@@ -45,9 +45,9 @@ struct Session<'a> {
     subscribed: HashMap<Box<str>, Option<Box<str>>>,
     user: Option<Box<str>>,
     /// Client events: Pusher's 10 per second.
-    client_events: TokenBucket,
-    /// All messages: `ws.max_messages_per_sec`, burst `ws.message_burst`.
-    messages: TokenBucket,
+    client_events: Budget,
+    /// Every frame: `ws.max_messages_per_sec`, burst `ws.message_burst`.
+    messages: Budget,
 }
 
 pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
@@ -70,11 +70,8 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
         conn: conn.clone(),
         subscribed: HashMap::new(),
         user: None,
-        client_events: TokenBucket::new(CLIENT_EVENTS_PER_SEC, CLIENT_EVENTS_PER_SEC),
-        messages: TokenBucket::new(
-            app.config.ws.max_messages_per_sec,
-            app.config.ws.message_burst,
-        ),
+        client_events: Budget::new(CLIENT_EVENTS_PER_SEC),
+        messages: Budget::new(app.config.ws.message_burst),
     };
     let established = json!({
         "socket_id": conn.socket_id,
@@ -109,6 +106,7 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
             Ok(n) => n,
             Err(code) => break End::Close(code.code(), code.reason()),
         };
+
         buf.drain(..consumed);
         if buf.is_empty() {
             buf = Vec::new();
@@ -193,6 +191,18 @@ impl Session<'_> {
     }
 
     fn handle(&mut self, m: Message<'_>, out: &mut Vec<u8>) -> Option<End> {
+        let ws = &self.app.config.ws;
+        // Every frame costs one, whatever it carries.
+        if !self
+            .messages
+            .take(1, ws.max_messages_per_sec, ws.message_burst)
+        {
+            // Reconnect with backoff (4100-4199), not at once.
+            return Some(End::Close(
+                PusherCode::OverCapacity.code(),
+                "over the message rate",
+            ));
+        }
         match m {
             Message::Text(t) => self.on_text(t, out),
             Message::Binary(_) => Some(End::Close(1003, "binary frames are not supported")),
@@ -200,19 +210,12 @@ impl Session<'_> {
                 codec::encode_frame(out, codec::OP_PONG, p, None);
                 None
             }
-            Message::Pong(_) => None,
+            Message::Pong(_) | Message::Fragment => None,
             Message::Close(c) => Some(End::PeerClosed(c.map(|(code, _)| code))),
         }
     }
 
     fn on_text(&mut self, text: &str, out: &mut Vec<u8>) -> Option<End> {
-        if !self.messages.try_take() {
-            // Reconnect with backoff (4100-4199), not at once.
-            return Some(End::Close(
-                PusherCode::OverCapacity.code(),
-                "over the message rate",
-            ));
-        }
         let Ok(msg) = serde_json::from_str::<Value>(text) else {
             out.extend(protocol::error_frame(None, "the message is not JSON"));
             return None;
@@ -433,7 +436,10 @@ impl Session<'_> {
             ));
             return;
         }
-        if !self.client_events.try_take() {
+        if !self
+            .client_events
+            .take(1, CLIENT_EVENTS_PER_SEC, CLIENT_EVENTS_PER_SEC)
+        {
             out.extend(protocol::error_frame(
                 Some(PusherCode::ClientEventRateLimit.code()),
                 "client event rejected due to rate limit",

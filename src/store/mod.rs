@@ -156,9 +156,12 @@ pub struct LogoutEvent {
 impl LogoutEvent {
     /// Tokens issued in this second or earlier are revoked by this event. A
     /// token issued in the same second as the logout counts as issued before
-    /// it: JWT `iat` has one-second resolution, and when in doubt a logout wins.
-    pub fn revokes_iat(&self, iat: i64) -> bool {
-        iat <= self.at_ms.div_euclid(1000)
+    /// it: JWT `iat` has one-second resolution, and when in doubt a logout
+    /// wins. `leeway`: how far the issuer's clock may run ahead of ours (a
+    /// token it minted before the logout may carry an `iat` that far after
+    /// it), so tokens up to that many seconds later are revoked too.
+    pub fn revokes_iat(&self, iat: i64, leeway: i64) -> bool {
+        iat <= self.at_ms.div_euclid(1000) + leeway
     }
 }
 
@@ -236,9 +239,12 @@ mod tests {
     #[test]
     fn same_second_counts_as_before() {
         let e = ev(10_500);
-        assert!(e.revokes_iat(9));
-        assert!(e.revokes_iat(10));
-        assert!(!e.revokes_iat(11));
+        assert!(e.revokes_iat(9, 0));
+        assert!(e.revokes_iat(10, 0));
+        assert!(!e.revokes_iat(11, 0));
+        // An issuer whose clock may run 5 s ahead.
+        assert!(e.revokes_iat(15, 5));
+        assert!(!e.revokes_iat(16, 5));
     }
 
     #[test]

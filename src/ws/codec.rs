@@ -40,6 +40,9 @@ pub enum Message<'a> {
     Pong(&'a [u8]),
     /// Close with an optional (code, reason).
     Close(Option<(u16, &'a str)>),
+    /// A data frame that completes no message (a fragment of one still
+    /// arriving). Reported so that every frame costs its sender budget.
+    Fragment,
 }
 
 /// Whether the consumer wants more messages from this buffer.
@@ -86,7 +89,8 @@ impl Decoder {
     }
 
     /// Decodes every complete frame at the start of `buf` (unmasking in place)
-    /// and hands each complete message to `on_message`. Returns how many bytes
+    /// and hands each to `on_message`: a complete message, or
+    /// [`Message::Fragment`] for a frame that completes none. Returns how many bytes
     /// were consumed; the rest is an incomplete frame to be retried with more
     /// data. An `Err` is the close code the connection must fail with.
     pub fn decode<F>(&mut self, buf: &mut [u8], mut on_message: F) -> Result<usize, CloseCode>
@@ -227,7 +231,7 @@ impl Decoder {
                     check_utf8_prefix(&mut f)?;
                 }
                 self.frag = Some(f);
-                Ok(Flow::Continue)
+                Ok(on_message(Message::Fragment))
             }
             OP_CONTINUATION => {
                 let Some(f) = self.frag.as_mut() else {
@@ -241,7 +245,7 @@ impl Decoder {
                     check_utf8_prefix(f)?;
                 }
                 if !h.fin {
-                    return Ok(Flow::Continue);
+                    return Ok(on_message(Message::Fragment));
                 }
                 let f = self.frag.take().expect("checked above");
                 emit(f.opcode, &f.data, on_message)

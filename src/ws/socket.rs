@@ -25,7 +25,7 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -39,7 +39,7 @@ use crate::auth::Principal;
 use crate::error::{AuthError, CloseCode};
 use crate::registry::{SessionKey, UserKey};
 use crate::server::ConnGuard;
-use crate::util;
+use crate::util::{self, Budget};
 
 /// Read chunk (on the stack, never kept).
 const READ_CHUNK: usize = 4096;
@@ -296,28 +296,37 @@ async fn authenticate(
     let deadline = tokio::time::Instant::now() + app.config.auth_timeout();
     let mut buf = early;
     let mut decoder = Decoder::new(Role::Server, app.config.ws.max_message_bytes);
+    // Before `auth` too, every frame (a ping, a pong) costs budget.
+    let ws = &app.config.ws;
+    let mut budget = Budget::new(ws.message_burst);
     loop {
         let mut first: Option<Result<String, Exit>> = None;
         let mut pongs: Vec<u8> = Vec::new();
         let consumed = decoder
-            .decode(&mut buf, |m| match m {
-                Message::Text(t) => {
-                    first = Some(Ok(t.to_string()));
-                    Flow::Stop
+            .decode(&mut buf, |m| {
+                if !budget.take(1, ws.max_messages_per_sec, ws.message_burst) {
+                    first = Some(Err(Exit::Close(CloseCode::RateLimited)));
+                    return Flow::Stop;
                 }
-                Message::Binary(_) => {
-                    first = Some(Err(Exit::Close(CloseCode::UnsupportedData)));
-                    Flow::Stop
+                match m {
+                    Message::Text(t) => {
+                        first = Some(Ok(t.to_string()));
+                        Flow::Stop
+                    }
+                    Message::Binary(_) => {
+                        first = Some(Err(Exit::Close(CloseCode::UnsupportedData)));
+                        Flow::Stop
+                    }
+                    Message::Close(c) => {
+                        first = Some(Err(Exit::PeerClosed(c.map(|(code, _)| code))));
+                        Flow::Stop
+                    }
+                    Message::Ping(p) => {
+                        codec::encode_frame(&mut pongs, codec::OP_PONG, p, None);
+                        Flow::Continue
+                    }
+                    Message::Pong(_) | Message::Fragment => Flow::Continue,
                 }
-                Message::Close(c) => {
-                    first = Some(Err(Exit::PeerClosed(c.map(|(code, _)| code))));
-                    Flow::Stop
-                }
-                Message::Ping(p) => {
-                    codec::encode_frame(&mut pongs, codec::OP_PONG, p, None);
-                    Flow::Continue
-                }
-                Message::Pong(_) => Flow::Continue,
             })
             .map_err(Exit::Close)?;
         buf.drain(..consumed);
@@ -384,6 +393,11 @@ const POLL_ROUNDS: usize = 8;
 /// logged-out socket stays here too, reading its ack or a new `auth`, until
 /// its re-login window (`window`) closes it.
 fn poll_steady(app: &App, conn: &Conn, reader: &mut Reader, cx: &mut Context<'_>) -> Poll<Exit> {
+    if std::mem::take(&mut reader.leftover)
+        && let Some(exit) = reader.on_readable(app, conn)
+    {
+        return Poll::Ready(exit);
+    }
     for _ in 0..POLL_ROUNDS {
         let want_write = {
             let mut out = conn.lock();
@@ -422,13 +436,16 @@ fn poll_steady(app: &App, conn: &Conn, reader: &mut Reader, cx: &mut Context<'_>
 }
 
 /// Per-socket input state: the decoder, an incomplete frame if any, and the
-/// client's message budget.
+/// client's frame budget.
 struct Reader {
     decoder: Decoder,
     /// Bytes of an incomplete frame; empty (and unallocated) between frames.
     partial: Vec<u8>,
-    tokens: f32,
-    refilled: Instant,
+    /// Every frame costs one, whatever it carries.
+    budget: Budget,
+    /// `partial` holds bytes that came behind `auth`, already read from the
+    /// stream: no readiness will announce them, so the first poll does.
+    leftover: bool,
     errors: u32,
     /// Whether the logout's ack came (each is counted once).
     acked: bool,
@@ -438,9 +455,9 @@ impl Reader {
     fn new(app: &App, leftover: Vec<u8>) -> Reader {
         Reader {
             decoder: Decoder::new(Role::Server, app.config.ws.max_message_bytes),
+            leftover: !leftover.is_empty(),
             partial: leftover,
-            tokens: app.config.ws.message_burst as f32,
-            refilled: Instant::now(),
+            budget: Budget::new(app.config.ws.message_burst),
             errors: 0,
             acked: false,
         }
@@ -534,8 +551,7 @@ impl Reader {
             &mut self.decoder,
             Handler {
                 acked: &mut self.acked,
-                tokens: &mut self.tokens,
-                refilled: &mut self.refilled,
+                budget: &mut self.budget,
                 errors: &mut self.errors,
             },
         )
@@ -545,24 +561,31 @@ impl Reader {
 /// Message handling, split from the decoder so both can be borrowed at once.
 struct Handler<'a> {
     acked: &'a mut bool,
-    tokens: &'a mut f32,
-    refilled: &'a mut Instant,
+    budget: &'a mut Budget,
     errors: &'a mut u32,
 }
 
 impl Handler<'_> {
     fn handle(&mut self, app: &App, conn: &Conn, m: Message<'_>, exit: &mut Option<Exit>) -> Flow {
+        let ws = &app.config.ws;
+        // Every frame costs one, whatever it carries.
+        if !self
+            .budget
+            .take(1, ws.max_messages_per_sec, ws.message_burst)
+        {
+            *exit = Some(Exit::Close(CloseCode::RateLimited));
+            return Flow::Stop;
+        }
         let result = match m {
             Message::Text(t) => self.on_text(app, conn, t),
             Message::Binary(_) => Some(Exit::Close(CloseCode::UnsupportedData)),
-            Message::Ping(_) if !self.take_token(app) => Some(Exit::Close(CloseCode::RateLimited)),
             Message::Ping(p) => {
                 let mut pong = Vec::with_capacity(p.len() + 2);
                 codec::encode_frame(&mut pong, codec::OP_PONG, p, None);
                 conn.send(&pong);
                 None
             }
-            Message::Pong(_) => None,
+            Message::Pong(_) | Message::Fragment => None,
             Message::Close(c) => Some(Exit::PeerClosed(c.map(|(code, _)| code))),
         };
         match result {
@@ -574,25 +597,7 @@ impl Handler<'_> {
         }
     }
 
-    /// The client's message budget (text and ping frames count).
-    fn take_token(&mut self, app: &App) -> bool {
-        let ws = &app.config.ws;
-        let now = Instant::now();
-        let refill =
-            now.duration_since(*self.refilled).as_secs_f32() * ws.max_messages_per_sec as f32;
-        *self.tokens = (*self.tokens + refill).min(ws.message_burst as f32);
-        *self.refilled = now;
-        if *self.tokens < 1.0 {
-            return false;
-        }
-        *self.tokens -= 1.0;
-        true
-    }
-
     fn on_text(&mut self, app: &App, conn: &Conn, text: &str) -> Option<Exit> {
-        if !self.take_token(app) {
-            return Some(Exit::Close(CloseCode::RateLimited));
-        }
         let ws = &app.config.ws;
         let error = match protocol::parse(text) {
             Ok(ClientMessage::Ack { id }) => {

@@ -67,6 +67,7 @@ pub fn test_config(data_dir: PathBuf) -> Config {
         leeway_secs: 5,
         jwks_min_refetch_secs: 30,
         require_logout_typ: false,
+        speaks_for: vec![],
     }];
     c
 }
