@@ -375,6 +375,9 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// A client must finish sending request headers within this time.
     pub header_read_timeout_ms: u64,
+    /// ...and a request body within this time once its headers are in
+    /// (408 after it), so a body that never arrives holds nothing for long.
+    pub body_read_timeout_ms: u64,
     /// Origins allowed to call the HTTP API from a browser (CORS). Empty: same as `ws.allowed_origins`.
     pub cors_origins: Vec<String>,
 }
@@ -382,10 +385,20 @@ pub struct HttpSettings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Open TCP connections in total (503 above).
-    pub max_connections: usize,
-    /// Open TCP connections per client IP (429 above).
-    pub max_connections_per_ip: usize,
+    /// Open TCP connections in total (503 above). Default: what the
+    /// process's file descriptor limit (`RLIMIT_NOFILE`, raised to its hard
+    /// limit at start) allows after a reserve for the hub's own files and
+    /// outgoing connections. A larger value is lowered to that, with a warning.
+    pub max_connections: Option<usize>,
+    /// Open TCP connections per client IP (429 above), so one address
+    /// cannot hold every connection. Default: an eighth of
+    /// `max_connections`, at least 64 and at most 4096.
+    pub max_connections_per_ip: Option<usize>,
+    /// The kernel send buffer of each accepted connection (`SO_SNDBUF`; the
+    /// kernel doubles it for its bookkeeping). With `ws.outbound_buffer_bytes`
+    /// it bounds what a peer that stops reading can pin: without it the
+    /// kernel grows each buffer to `tcp_wmem` max (4 MB).
+    pub socket_send_buffer_bytes: usize,
     /// New connections per second per client IP, and the burst above it (429 above).
     pub connects_per_ip_per_sec: u32,
     pub connect_burst: u32,
@@ -532,11 +545,13 @@ impl Config {
             http: HttpSettings {
                 max_body_bytes: 16 * 1024,
                 header_read_timeout_ms: 10_000,
+                body_read_timeout_ms: 10_000,
                 cors_origins: Vec::new(),
             },
             limits: Limits {
-                max_connections: 100_000,
-                max_connections_per_ip: 20_000,
+                max_connections: None,
+                max_connections_per_ip: None,
+                socket_send_buffer_bytes: 64 * 1024,
                 connects_per_ip_per_sec: 200,
                 connect_burst: 400,
                 user_triggers_per_sec: 5,
@@ -709,17 +724,23 @@ impl Config {
             60,
             400 * 24 * 3600,
         )?;
+        if let Some(n) = self.limits.max_connections {
+            range("limits.max_connections", n as u64, 1, 10_000_000)?;
+        }
+        if let Some(n) = self.limits.max_connections_per_ip {
+            range("limits.max_connections_per_ip", n as u64, 1, 10_000_000)?;
+        }
         range(
-            "limits.max_connections",
-            self.limits.max_connections as u64,
-            1,
-            10_000_000,
+            "limits.socket_send_buffer_bytes",
+            self.limits.socket_send_buffer_bytes as u64,
+            4096,
+            16 * 1024 * 1024,
         )?;
         range(
-            "limits.max_connections_per_ip",
-            self.limits.max_connections_per_ip as u64,
-            1,
-            10_000_000,
+            "http.body_read_timeout_ms",
+            self.http.body_read_timeout_ms,
+            100,
+            600_000,
         )?;
         range(
             "limits.connects_per_ip_per_sec",

@@ -186,6 +186,8 @@ pub enum ApiError {
     Unknown(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("the content type must be {0}")]
     UnsupportedMediaType(&'static str),
     #[error("too many requests")]
@@ -213,6 +215,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::Unknown(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -229,6 +232,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::Unknown(_) => "unknown_id",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
@@ -258,6 +262,14 @@ impl IntoResponse for ApiError {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(header::WWW_AUTHENTICATE, v);
             }
+        }
+        if matches!(
+            self,
+            ApiError::RequestTimeout | ApiError::PayloadTooLarge(_)
+        ) {
+            // The rest of the body may still be on its way: the connection
+            // cannot be reused, and the client must know before it tries.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -290,6 +302,8 @@ pub enum OAuthError {
     UnsupportedGrantType(String),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    Timeout,
     #[error("{0}")]
     TemporarilyUnavailable(String),
 }
@@ -297,7 +311,9 @@ pub enum OAuthError {
 impl OAuthError {
     pub fn code(&self) -> &'static str {
         match self {
-            OAuthError::InvalidRequest(_) | OAuthError::TooLarge(_) => "invalid_request",
+            OAuthError::InvalidRequest(_) | OAuthError::TooLarge(_) | OAuthError::Timeout => {
+                "invalid_request"
+            }
             OAuthError::InvalidClient(_) | OAuthError::InvalidClientBasic(_) => "invalid_client",
             OAuthError::InvalidTarget(_) => "invalid_target",
             OAuthError::UnsupportedTokenType(_) => "unsupported_token_type",
@@ -314,6 +330,7 @@ impl OAuthError {
                 StatusCode::UNAUTHORIZED
             }
             OAuthError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            OAuthError::Timeout => StatusCode::REQUEST_TIMEOUT,
             OAuthError::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -339,6 +356,7 @@ impl From<ApiError> for OAuthError {
     fn from(e: ApiError) -> OAuthError {
         match e {
             ApiError::PayloadTooLarge(n) => OAuthError::TooLarge(n),
+            ApiError::RequestTimeout => OAuthError::Timeout,
             ApiError::Unavailable(m) => OAuthError::TemporarilyUnavailable(m),
             other => OAuthError::InvalidRequest(other.to_string()),
         }
@@ -354,6 +372,9 @@ impl IntoResponse for OAuthError {
         // RFC 6749 §5.1: token responses are never cached.
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if matches!(self, OAuthError::TooLarge(_) | OAuthError::Timeout) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self, OAuthError::InvalidClientBasic(_)) {
             headers.insert(
                 header::WWW_AUTHENTICATE,

@@ -475,7 +475,15 @@ impl Hub {
             ),
             (None, StoreKind::Memory) => {}
         }
-        let limits = Arc::new(ConnLimits::new(&config));
+        let capacity = server::Capacity::of(&config);
+        tracing::info!(
+            max_connections = capacity.max_total,
+            per_address = capacity.max_per_ip,
+            fd_limit = capacity.fd_limit,
+            fd_reserve = capacity.reserve,
+            "connection limits"
+        );
+        let limits = Arc::new(ConnLimits::new(&config, capacity));
         let user_trigger_limits = KeyedLimiter::new(
             config.limits.user_triggers_per_sec,
             config.limits.user_trigger_burst,

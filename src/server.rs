@@ -5,6 +5,13 @@
 //! (429) and new connections per second per IP (429). A refused connection
 //! gets a complete HTTP answer with `Connection: close`, not a reset.
 //!
+//! The total follows the file descriptor limit ([`Capacity`]), so the hub
+//! answers 503 before the process runs out of descriptors; should it run
+//! out anyway (other files, a lower limit), one spare descriptor is kept to
+//! accept, answer 503 and close, instead of leaving clients hanging. Each
+//! accepted socket gets a fixed kernel send buffer: with the per-socket
+//! outbound limit it bounds what a peer that stops reading can pin.
+//!
 //! Admitted connections are served by hyper's HTTP/1.1 server directly (not
 //! `axum::serve`) because only that lets us give hyper a timer and a
 //! header-read timeout: without one, a client trickling headers holds a
@@ -48,6 +55,71 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
+}
+
+/// How many connections the process can serve, from its file descriptor
+/// limit (raised to the hard limit at start) and the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub max_total: usize,
+    pub max_per_ip: usize,
+    /// Descriptors the process may open, and how many are kept for the
+    /// hub's own files and outgoing connections.
+    pub fd_limit: usize,
+    pub reserve: usize,
+}
+
+impl Capacity {
+    /// Raises the soft descriptor limit to the hard one and derives the
+    /// connection limits; a configured total above what the descriptors
+    /// allow is lowered (a hub at EMFILE can answer nobody), with a warning.
+    pub fn of(config: &Config) -> Capacity {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut lim = getrlimit(Resource::Nofile);
+        if lim
+            .maximum
+            .is_some_and(|h| lim.current.is_none_or(|s| s < h))
+        {
+            let raised = rustix::process::Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                lim = raised;
+            }
+        }
+        let fd_limit = lim.current.map_or(1 << 20, |n| n.min(1 << 24) as usize);
+        Capacity::derive(config, fd_limit)
+    }
+
+    fn derive(config: &Config, fd_limit: usize) -> Capacity {
+        let l = &config.limits;
+        let reserve = 64 + config.notify.concurrency + fd_limit / 50;
+        let possible = fd_limit.saturating_sub(reserve).max(1);
+        let max_total = match l.max_connections {
+            Some(n) if n > possible => {
+                tracing::warn!(
+                    configured = n,
+                    fd_limit,
+                    used = possible,
+                    "limits.max_connections is more than the file descriptor limit allows; raise the limit (ulimit -n, LimitNOFILE=) to serve more"
+                );
+                possible
+            }
+            Some(n) => n,
+            None => possible,
+        };
+        let max_per_ip = l
+            .max_connections_per_ip
+            .unwrap_or((max_total / 8).clamp(64, 4096))
+            .min(max_total);
+        Capacity {
+            max_total,
+            max_per_ip,
+            fd_limit,
+            reserve,
+        }
+    }
 }
 
 /// Connection counts and connect rates.
@@ -97,11 +169,11 @@ impl Drop for ConnGuard {
 }
 
 impl ConnLimits {
-    pub fn new(config: &Config) -> ConnLimits {
+    pub fn new(config: &Config, capacity: Capacity) -> ConnLimits {
         let l = &config.limits;
         ConnLimits {
-            max_total: l.max_connections,
-            max_per_ip: l.max_connections_per_ip,
+            max_total: capacity.max_total,
+            max_per_ip: capacity.max_per_ip,
             total: AtomicUsize::new(0),
             per_ip: DashMap::new(),
             rates: KeyedLimiter::new(l.connects_per_ip_per_sec, l.connect_burst),
@@ -153,6 +225,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, router: Router) {
         .keep_alive(true)
         .max_buf_size(64 * 1024);
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    let mut spare = Spare::open();
+    let mut failures = FailureLog::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = app.shutdown.cancelled() => break,
@@ -163,13 +237,18 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, router: Router) {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    failures.note(&e);
+                    if is_out_of_descriptors(&e) && spare.answer_one(&listener) {
+                        app.metrics.upgrade_rejected("out_of_descriptors");
+                        continue;
+                    }
+                    // Back off instead of spinning on the error.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        set_send_buffer(&stream, app.config.limits.socket_send_buffer_bytes);
         let guard = match app.limits.admit(peer.ip()) {
             Ok(g) => g,
             Err(refusal) => {
@@ -179,11 +258,14 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, router: Router) {
             }
         };
         let _ = stream.set_nodelay(true);
+        let body_deadline =
+            crate::http::BodyDeadline(Duration::from_millis(app.config.http.body_read_timeout_ms));
         let svc = tower::ServiceExt::map_request(
             router.clone(),
             move |mut req: axum::http::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req.extensions_mut().insert(guard.clone());
+                req.extensions_mut().insert(body_deadline);
                 req
             },
         );
@@ -205,6 +287,71 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, router: Router) {
                 }
             }
         });
+    }
+}
+
+/// The kernel send buffer of an accepted socket: fixed, so the kernel does
+/// not grow it (up to `tcp_wmem` max) for a peer that stopped reading.
+fn set_send_buffer(stream: &TcpStream, bytes: usize) {
+    let _ = socket2::SockRef::from(stream).set_send_buffer_size(bytes);
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error()
+        .is_some_and(|n| n == Errno::MFILE.raw_os_error() || n == Errno::NFILE.raw_os_error())
+}
+
+/// One descriptor held in reserve: at EMFILE it is let go, a waiting
+/// connection is accepted with it, told 503 and closed, and the descriptor
+/// is taken again. Without it the clients would hang unanswered.
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn open() -> Spare {
+        Spare(std::fs::File::open("/dev/null").ok())
+    }
+
+    fn answer_one(&mut self, listener: &TcpListener) -> bool {
+        if self.0.take().is_none() {
+            *self = Spare::open();
+            return false;
+        }
+        // The listener is non-blocking: this takes a waiting connection or
+        // returns at once.
+        let answered = match socket2::SockRef::from(listener).accept() {
+            Ok((s, _)) => {
+                let _ = s.send(OUT_OF_DESCRIPTORS);
+                true
+            }
+            Err(_) => false,
+        };
+        *self = Spare::open();
+        answered
+    }
+}
+
+const OUT_OF_DESCRIPTORS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 74\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too_many_connections\",\"message\":\"the hub is out of descriptors\"}";
+
+/// Accept errors, logged at most every 10 s with how many there were (at
+/// EMFILE there is one per connection attempt).
+#[derive(Default)]
+struct FailureLog {
+    since_last: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl FailureLog {
+    fn note(&mut self, e: &io::Error) {
+        self.since_last += 1;
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(error = %e, failures = self.since_last, "accept failed");
+            self.since_last = 0;
+            self.last = Some(std::time::Instant::now());
+        }
     }
 }
 

@@ -79,7 +79,7 @@ async fn trickled_headers_are_cut_off_at_the_header_deadline() {
 
 #[tokio::test]
 async fn one_address_over_its_connection_limit_is_refused_while_others_connect() {
-    let hub = TestHub::with(|c| c.limits.max_connections_per_ip = 5).await;
+    let hub = TestHub::with(|c| c.limits.max_connections_per_ip = Some(5)).await;
     let flooder = Ipv4Addr::new(127, 0, 0, 2);
     let mut held = Vec::new();
     for _ in 0..5 {
@@ -109,5 +109,97 @@ async fn one_address_over_its_connection_limit_is_refused_while_others_connect()
             429 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             other => panic!("got {other} after a connection was released"),
         }
+    }
+}
+
+/// Sends a request head that announces a body, then nothing more.
+async fn stalled_post(stream: &mut TcpStream, path: &str, extra: &str) {
+    let head = format!("POST {path} HTTP/1.1\r\nHost: hub\r\n{extra}Content-Length: 100\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+}
+
+/// Reads the status code of the answer (then the connection's end).
+async fn status_of(stream: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head).to_string();
+    assert!(line.starts_with("HTTP/1.1 "), "no answer: {line:?}");
+    line[9..12].parse().unwrap()
+}
+
+/// Request bodies that never arrive (the audit: 20,000 of them held every
+/// descriptor and 288 MB) hold their connection only until the body
+/// deadline (408), one address holds at most its share, and everyone else
+/// is served meanwhile: health, a trigger, a new socket.
+#[tokio::test]
+async fn bodies_that_never_arrive_are_cut_off_and_starve_no_one() {
+    let hub = TestHub::with(|c| {
+        c.http.body_read_timeout_ms = 1_000;
+        c.limits.max_connections_per_ip = Some(40);
+    })
+    .await;
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    let mut stalled = Vec::new();
+    let mut refused = 0;
+    for _ in 0..60 {
+        let mut s = connect_from(attacker, &hub).await;
+        let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+        stalled_post(&mut s, "/oauth/token", form).await;
+        stalled.push(s);
+    }
+    // The 20 over the address's share are told so at once.
+    for s in stalled.iter_mut().skip(40) {
+        assert_eq!(status_of(s).await, 429);
+        refused += 1;
+    }
+    assert_eq!(refused, 20);
+    // Everyone else is served while the 40 wait.
+    let started = Instant::now();
+    let r = hub
+        .http
+        .get(format!("{}/healthz", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _) = hub
+        .backend_logout(serde_json::json!({"sub": "someone"}))
+        .await;
+    assert_eq!(status, 200);
+    let token = hub.token("alice", None).await;
+    let (_ws, ready) = hub.socket(&token).await;
+    assert_eq!(ready["type"], "ready");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "served while the bodies stall"
+    );
+    // The stalled ones end at the body deadline.
+    for s in stalled.iter_mut().take(40) {
+        assert_eq!(status_of(s).await, 408);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Where the credentials are in the headers, they are checked before the
+/// body is read: an unauthenticated caller never gets to hold a body open.
+#[tokio::test]
+async fn credentials_in_headers_are_checked_before_the_body_is_read() {
+    let hub = TestHub::with(|c| c.http.body_read_timeout_ms = 30_000).await;
+    for path in ["/v1/logout", "/v1/revocations"] {
+        let mut s = connect_from(Ipv4Addr::LOCALHOST, &hub).await;
+        let headers = "Content-Type: application/json\r\nAuthorization: Bearer slo_not-a-key\r\n";
+        stalled_post(&mut s, path, headers).await;
+        let answered = tokio::time::timeout(Duration::from_secs(2), status_of(&mut s)).await;
+        assert_eq!(answered.ok(), Some(401), "{path}");
     }
 }

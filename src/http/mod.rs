@@ -180,8 +180,25 @@ pub fn has_content_type(headers: &axum::http::HeaderMap, mime: &str) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case(mime))
 }
 
-/// Reads a body up to `limit` bytes; 413 beyond.
+/// Reads a body up to `limit` bytes (413 beyond), within the body deadline
+/// (`http.body_read_timeout_ms`; 408 after it): a body that never arrives
+/// holds its connection for no longer than that.
 pub async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let deadline = req
+        .extensions()
+        .get::<BodyDeadline>()
+        .map_or(std::time::Duration::from_secs(10), |d| d.0);
+    match tokio::time::timeout(deadline, read_body_now(req, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::RequestTimeout),
+    }
+}
+
+/// How long a request's body may take (set per connection by `server`).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyDeadline(pub std::time::Duration);
+
+async fn read_body_now(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

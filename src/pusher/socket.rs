@@ -32,6 +32,9 @@ const MAX_SUBSCRIPTIONS: usize = 100;
 /// How the socket ends.
 enum End {
     Close(u16, &'static str),
+    /// It stopped reading and its backlog passed the limit (4100): the
+    /// backlog is dropped, and the close frame gets the close deadline.
+    SlowConsumer,
     PeerClosed(Option<u16>),
     Gone,
 }
@@ -115,8 +118,10 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
             break e;
         }
         let (want_write, close) = conn.state();
-        if let Some(code) = close {
-            break End::Close(code.code(), close_reason(code));
+        match close {
+            Some(PusherCode::OverCapacity) => break End::SlowConsumer,
+            Some(code) => break End::Close(code.code(), close_reason(code)),
+            None => {}
         }
         tokio::select! {
             _ = app.shutdown.cancelled() => {
@@ -162,6 +167,11 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
             f
         }
         End::Gone => return,
+        End::SlowConsumer => {
+            app.metrics.ws_close(PusherCode::OverCapacity.code());
+            app.metrics.slow_consumers.inc();
+            codec::close_frame(PusherCode::OverCapacity.code(), "over capacity")
+        }
     };
     // What was queued before the close (a termination's or logout's
     // `slo-event`) goes first; a 4100's backlog was dropped.

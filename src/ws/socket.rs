@@ -677,7 +677,8 @@ async fn finish(app: &App, conn: &Arc<Conn>, exit: Exit) {
         out.state = State::Closing(CloseCode::Normal);
         out.backlog.take()
     };
-    // A slow consumer's backlog is not worth waiting for.
+    // A slow consumer's backlog is not worth waiting for; if it does not
+    // take even the close frame in time, `close_stream` resets it.
     if matches!(exit, Exit::Close(CloseCode::SlowConsumer)) {
         bytes.clear();
     }
@@ -693,12 +694,34 @@ fn record_exit(app: &App, exit: &Exit) {
     }
 }
 
+/// Ends a connection with a reset once its last handle goes: the kernel
+/// drops what it still holds for the peer instead of retrying for minutes.
+fn abort(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
 /// Writes the last bytes (ending in a close frame), half-closes, and waits
 /// briefly for the peer to finish, so browsers see our close code rather than
 /// a reset.
+///
+/// A peer that does not finish within the deadline is reset: whatever the
+/// kernel still holds for it is dropped at once, instead of staying queued
+/// for minutes behind a window the peer never opens.
 pub(crate) async fn close_stream(stream: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
     let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
-    write_all(stream, &bytes, deadline).await?;
+    let finished = close_within(stream, &bytes, deadline).await;
+    if finished.is_err() || tokio::time::Instant::now() >= deadline {
+        abort(stream);
+    }
+    finished
+}
+
+async fn close_within(
+    stream: &TcpStream,
+    bytes: &[u8],
+    deadline: tokio::time::Instant,
+) -> io::Result<()> {
+    write_all(stream, bytes, deadline).await?;
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
     let mut sink = [0u8; 512];
     loop {

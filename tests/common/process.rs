@@ -63,7 +63,30 @@ pub struct Running {
 
 impl Running {
     pub fn start(args: &[&str], env: &[(&str, &str)], data_dir: &std::path::Path) -> Running {
-        let mut cmd = Command::new(BIN);
+        Self::start_in(Command::new(BIN), args, env, data_dir)
+    }
+
+    /// Like `start`, with the process's file descriptor limit set to `n`
+    /// (soft and hard), as `ulimit -n` does.
+    pub fn start_with_fd_limit(
+        n: u32,
+        args: &[&str],
+        env: &[(&str, &str)],
+        data_dir: &std::path::Path,
+    ) -> Running {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+            .arg(BIN);
+        Self::start_in(cmd, args, env, data_dir)
+    }
+
+    fn start_in(
+        mut cmd: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        data_dir: &std::path::Path,
+    ) -> Running {
         cmd.args(args)
             .env("SLO_HUB_DATA_DIR", data_dir)
             .env_remove("SLO_HUB_LISTEN")
