@@ -732,6 +732,11 @@ async fn the_cookie_method_works_and_the_query_method_can_be_refused() {
         .authorize(&b, "web-cookie-only", Some(&stt), None, &challenge)
         .await;
     assert_eq!(r.param("error"), Some("invalid_request"), "{r:?}");
+    // Refused for how it came, but presented: used up all the same.
+    let r = sso
+        .authorize(&b, "web-cookie-only", None, Some(&stt), &challenge)
+        .await;
+    assert_eq!(r.param("error"), Some("login_required"), "{r:?}");
     let stt = sso.stt("native", &refresh).await;
     let r = sso
         .authorize(&b, "web-cookie-only", None, Some(&stt), &challenge)
