@@ -227,6 +227,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, router: Router) {
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     let mut spare = Spare::open();
     let mut failures = FailureLog::default();
+    // Refusals answered politely at once (each holds its descriptor for up
+    // to REFUSAL_TIME); beyond that, a flood's refusals are written and
+    // closed on the spot, so refusing cannot itself exhaust descriptors.
+    let polite = Arc::new(tokio::sync::Semaphore::new(MAX_POLITE_REFUSALS));
     loop {
         let (stream, peer) = tokio::select! {
             _ = app.shutdown.cancelled() => break,
@@ -253,7 +257,17 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, router: Router) {
             Ok(g) => g,
             Err(refusal) => {
                 app.metrics.upgrade_rejected(refusal.label());
-                app.tasks.spawn(refuse(stream, refusal));
+                match polite.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        app.tasks.spawn(async move {
+                            refuse(stream, refusal).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        let _ = stream.try_write(refusal_response(refusal).as_bytes());
+                    }
+                }
                 continue;
             }
         };
@@ -355,9 +369,11 @@ impl FailureLog {
     }
 }
 
-/// Answers a refused connection with a real HTTP status. Reads the request
-/// head first (briefly) so closing does not turn into a reset that hides the answer.
-async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+/// Refusals in flight at once (see `serve`), and how long each may take.
+const MAX_POLITE_REFUSALS: usize = 256;
+const REFUSAL_TIME: Duration = Duration::from_millis(500);
+
+fn refusal_response(refusal: Refusal) -> String {
     let (status, code, message) = match refusal {
         Refusal::TooManyTotal => (
             "503 Service Unavailable",
@@ -376,18 +392,24 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
         ),
     };
     let body = format!(r#"{{"error":"{code}","message":"{message}"}}"#);
-    let response = format!(
+    format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    );
+    )
+}
+
+/// Answers a refused connection with a real HTTP status. Reads the request
+/// head first (briefly) so closing does not turn into a reset that hides the answer.
+async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let response = refusal_response(refusal);
     let io = async {
         let mut head = [0u8; 2048];
-        let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut head)).await;
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 1024];
         while stream.read(&mut sink).await? > 0 {}
         io::Result::Ok(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), io).await;
+    let _ = tokio::time::timeout(REFUSAL_TIME, io).await;
 }
