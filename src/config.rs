@@ -67,7 +67,9 @@ pub struct Config {
     pub max_token_lifetime_secs: u64,
     /// `embedded` (default) or `memory`.
     pub store: StoreKind,
-    /// `redis://host:port` to share state and fan out across several hub nodes.
+    /// Redis shared by several hub nodes: `redis://host:port` (one server,
+    /// or `rediss://` with TLS) or `redis-cluster://host:port,host:port`
+    /// (a Redis Cluster; any of its nodes as seeds). Needs `public_url`.
     pub cluster: Option<String>,
     pub dev: DevSettings,
     pub ws: WsSettings,
@@ -802,10 +804,24 @@ impl Config {
         {
             return Err(invalid("public_url", "must start with http:// or https://"));
         }
-        if let Some(url) = &self.cluster
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(invalid("cluster", "must be a redis:// or rediss:// URL"));
+        if let Some(url) = &self.cluster {
+            let scheme_ok = ["redis://", "rediss://", "redis-cluster://"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !scheme_ok {
+                return Err(invalid(
+                    "cluster",
+                    "must be a redis://, rediss:// or redis-cluster://host:port,host:port URL",
+                ));
+            }
+            if self.public_url.is_none() {
+                // Each node would otherwise sign as its own listen address,
+                // and a token of one would be foreign to the others.
+                return Err(invalid(
+                    "public_url",
+                    "is required with cluster: the one URL clients reach every node by (the balancer's)",
+                ));
+            }
         }
 
         let mut seen = BTreeSet::new();

@@ -170,6 +170,7 @@ fn print_banner(hub: &Hub) {
     };
     let mut lines = vec![
         format!("slo-hub {} — {mode}", env!("CARGO_PKG_VERSION")),
+        format!("  listening    {}", hub.addr),
         format!("  hub          {url}"),
         format!("  websocket    {ws}"),
     ];
@@ -179,10 +180,13 @@ fn print_banner(hub: &Hub) {
     lines.push(format!("  client lib   {url}/static/slo-client.js"));
     lines.push(format!("  health       {url}/healthz  {url}/readyz"));
     lines.push(format!("  metrics      {url}/metrics"));
-    if app.dev_issuer.is_some() {
+    if app.hub_issuers.dev.is_some() {
         lines.push(format!(
             "  dev token    curl -s -XPOST {url}/dev/token -H 'content-type: application/json' -d '{{\"sub\":\"alice\"}}'"
         ));
+    }
+    if app.hub_issuers.dev.is_some() && app.config.dev.demo {
+        lines.push(format!("  native app   {url}/demo/native-sim/"));
     }
     if let Some(path) = &app.dev_api_key_file {
         lines.push(format!(
@@ -190,7 +194,16 @@ fn print_banner(hub: &Hub) {
             path.display()
         ));
     }
-    lines.push("  ready        Ctrl-C or SIGTERM stops the hub gracefully".into());
+    let problems = app.problems();
+    if problems.is_empty() {
+        lines.push("  ready        Ctrl-C or SIGTERM stops the hub gracefully".into());
+    } else {
+        // /readyz answers 503 until these are solved; say so, not "ready".
+        lines.push(format!(
+            "  ready        not yet: {} (see /readyz); Ctrl-C or SIGTERM stops the hub",
+            problems.join("; ")
+        ));
+    }
     let mut text = lines.join("\n");
     text.push('\n');
     let mut stdout = std::io::stdout().lock();

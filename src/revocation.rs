@@ -1,16 +1,24 @@
-//! Revocation: a logout becomes a watermark, then a push to every matching socket.
+//! Revocation: a logout becomes a watermark, then a push to every matching
+//! socket, then a durable record that every node hears of.
 //!
-//! [`Revocation::logout`] is the one path every trigger takes (user tokens,
-//! API keys, and later back-channel logout and the session graph). Its order
-//! is the correctness argument against the connect race:
+//! [`Revocation::logout`] is the core of the one logout path (`logout`
+//! runs it and what follows it). Its order is the correctness argument
+//! against the connect race:
 //!
 //! 1. record the watermark, then 2. publish to the registry.
 //!
 //! A connecting socket does the mirror image (`ws::socket`): it registers,
 //! then checks the watermark. Both sides go through locks on the same maps,
 //! so whichever runs second sees the other: either the publish finds the
-//! socket, or the socket finds the watermark. No interleaving leaves a socket
-//! with a revoked token live.
+//! socket, or the socket finds the watermark. Across nodes the same holds
+//! with Redis in the middle: a logout is written to Redis before it is
+//! announced, and a socket registers before it reads Redis.
+//!
+//! With several nodes, memory holds only the recent watermarks (what this
+//! node recorded or heard); [`Revocation::revoked_token`] reads Redis for
+//! the rest, so a node needs no memory for watermarks it is never asked
+//! about, and one cut off from Redis refuses new logins rather than
+//! guessing.
 //!
 //! Must not: authenticate callers (the HTTP layer did) or write to sockets
 //! (the registry does).
@@ -25,11 +33,19 @@ use tokio::sync::Notify;
 use crate::auth::IssuerId;
 use crate::metrics::Metrics;
 use crate::registry::{Delivery, Registry, SessionKey, Target, UserKey};
-use crate::store::embedded::{Journal, StoredEvent};
-use crate::store::{Kind, LogoutEvent, Record, Scope, StoreError, Watermarks};
+use crate::store::{
+    Broker, Durable, Kind, LogoutEvent, Record, Scope, StoreError, StoredEvent, Watermarks,
+    watermark_key,
+};
 use crate::util;
 use crate::ws::conn::LogoutFrame;
 use crate::ws::{codec, protocol};
+
+/// How long a node keeps watermarks in memory when memory is only a cache
+/// of Redis (positives only: a miss is always read through).
+const CACHE_MS: i64 = 10 * 60_000;
+/// How long acks of another node's logout are reported at most.
+const MAX_ACK_WAIT_MS: i64 = 60_000;
 
 /// A logout to carry out.
 #[derive(Debug, Clone)]
@@ -44,37 +60,6 @@ pub struct LogoutOrder {
     pub wait_for_acks: Option<Duration>,
 }
 
-/// Where logouts are recorded beyond this process.
-pub enum Durable {
-    /// `store = "memory"`: nowhere.
-    Nothing,
-    /// The embedded journal in the data directory.
-    Journal(Journal),
-    /// Redis, shared with the other nodes (which it also tells).
-    Cluster(Arc<crate::cluster::Cluster>),
-}
-
-impl Durable {
-    /// Records `record` (before a trigger may be answered).
-    pub async fn put(&self, record: Record) -> Result<(), StoreError> {
-        match self {
-            Durable::Nothing => Ok(()),
-            Durable::Journal(j) => j.put(record).await,
-            Durable::Cluster(c) => c.put(&record).await,
-        }
-    }
-
-    /// Records `record` unless its key exists: whether this call was first.
-    /// A single node decides that in memory beforehand; across nodes Redis
-    /// decides.
-    async fn put_once(&self, record: Record) -> Result<bool, StoreError> {
-        match self {
-            Durable::Cluster(c) => c.put_once(&record).await,
-            local => local.put(record).await.map(|()| true),
-        }
-    }
-}
-
 /// What the trigger's caller learns.
 #[derive(Debug, Clone)]
 pub struct LogoutOutcome {
@@ -83,25 +68,70 @@ pub struct LogoutOutcome {
     pub acked: Option<usize>,
 }
 
-pub struct Revocation {
-    watermarks: Watermarks,
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
-    /// Acks being counted for triggers that asked to wait; absent otherwise.
-    waiting: DashMap<String, Arc<AckCount>>,
-    /// How long a watermark is kept: the longest token lifetime accepted.
-    ttl_ms: i64,
-    /// Where watermarks are made durable (shared with the session graph).
-    durable: Arc<Durable>,
-    /// Issuer names by `IssuerId`: the journal stores names, not positions.
-    issuer_names: Vec<String>,
-    /// How far each issuer's clock may run ahead (its leeway; 0 for the
-    /// hub's own issuers), by `IssuerId`: see `LogoutEvent::revokes_iat`.
-    leeways: Vec<i64>,
-    /// Identifiers used once, by namespace (an issuer's name for logout
-    /// tokens and events, `client:{id}` for client assertions), with when
-    /// they may be forgotten (ms).
-    jtis: DashMap<(Box<str>, Box<str>), i64>,
+/// A logout just carried out, and (if asked) its acknowledgements to wait
+/// for. Dropping it stops counting them: nothing is left behind.
+pub struct Done {
+    pub event_id: String,
+    pub delivery: Delivery,
+    pub acks: Option<AckWait>,
+}
+
+/// Acknowledgements being counted for one logout; removed from the
+/// waiting map when dropped (answered, failed or abandoned alike).
+pub struct AckWait {
+    count: Arc<AckCount>,
+    waiting: Arc<DashMap<String, Arc<AckCount>>>,
+    event_id: String,
+    expected: usize,
+    wait: Duration,
+}
+
+impl AckWait {
+    /// Waits until every delivered socket acknowledged, or the wait ends.
+    pub async fn acked(self) -> usize {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            // Register interest before reading, so an ack between the read
+            // and the await still wakes us.
+            let changed = self.count.changed.notified();
+            let n = self.count.acked.load(Ordering::Acquire);
+            if n >= self.expected {
+                return n;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.count.acked.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
+/// A running count of one logout's local acks (`AckWait::counter`).
+pub struct AckCounter {
+    count: Arc<AckCount>,
+    /// Keeps the count registered while held.
+    _wait: AckWait,
+}
+
+impl AckCounter {
+    pub fn get(&self) -> usize {
+        self.count.acked.load(Ordering::Acquire)
+    }
+}
+
+impl AckWait {
+    /// The count itself, for a caller that also counts other nodes' acks.
+    pub fn counter(self) -> AckCounter {
+        AckCounter {
+            count: self.count.clone(),
+            _wait: self,
+        }
+    }
+}
+
+impl Drop for AckWait {
+    fn drop(&mut self) {
+        self.waiting.remove(&self.event_id);
+    }
 }
 
 #[derive(Default)]
@@ -110,12 +140,46 @@ struct AckCount {
     changed: Notify,
 }
 
+pub struct Revocation {
+    watermarks: Watermarks,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Acks being counted for triggers that asked to wait; absent otherwise.
+    waiting: Arc<DashMap<String, Arc<AckCount>>>,
+    /// How long a watermark is kept: the longest token lifetime accepted.
+    ttl_ms: i64,
+    /// Where logouts are made durable (shared with the session graph).
+    durable: Arc<dyn Durable>,
+    /// Tells the other nodes, when there are any.
+    broker: Option<Arc<dyn Broker>>,
+    /// Issuer names by `IssuerId`: records carry names, not positions.
+    issuer_names: Vec<String>,
+    /// How far each issuer's clock may run ahead (its leeway; 0 for the
+    /// hub's own issuers), by `IssuerId`: see `LogoutEvent::revokes_iat`.
+    leeways: Vec<i64>,
+    /// Identifiers used once, by namespace (an issuer's name for logout
+    /// tokens and events, `client:{id}` for client assertions), with when
+    /// they may be forgotten (ms).
+    jtis: DashMap<(Box<str>, Box<str>), i64>,
+    /// Logouts another node took and waits for the acks of: ours are
+    /// reported to it (until the time, ms).
+    remote_waits: DashMap<String, i64>,
+}
+
+/// What a logout heard from another node did here.
+pub struct Applied {
+    pub target: Target,
+    pub event_id: String,
+    pub delivery: Delivery,
+}
+
 impl Revocation {
     pub fn new(
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         ttl_secs: u64,
-        durable: Arc<Durable>,
+        durable: Arc<dyn Durable>,
+        broker: Option<Arc<dyn Broker>>,
         issuer_names: Vec<String>,
         leeways: Vec<i64>,
     ) -> Revocation {
@@ -123,19 +187,21 @@ impl Revocation {
             watermarks: Watermarks::default(),
             registry,
             metrics,
-            waiting: DashMap::new(),
+            waiting: Arc::new(DashMap::new()),
             ttl_ms: ttl_secs as i64 * 1000,
             durable,
+            broker,
             issuer_names,
             leeways,
             jtis: DashMap::new(),
+            remote_waits: DashMap::new(),
         }
     }
 
-    /// Loads watermarks read from the journal at start. Those of issuers no
-    /// longer configured, or older than the longest token lifetime, are
-    /// skipped. Returns how many were restored.
-    pub fn restore(&self, stored: Vec<Record>) -> usize {
+    /// Loads watermarks and used identifiers read from the journal at
+    /// start. Those of issuers no longer configured, or older than the
+    /// longest token lifetime, are skipped. Returns how many were restored.
+    pub fn restore(&self, stored: &[Record]) -> usize {
         let mut restored = 0;
         for r in stored.iter().filter(|r| r.kind == Kind::LogoutJti) {
             let Some((namespace, jti)) = r.key.split_once('\u{1f}') else {
@@ -155,11 +221,16 @@ impl Revocation {
     }
 
     /// A logout another node carried out: remember it and tell our sockets.
-    pub fn apply_remote(&self, stored: StoredEvent) {
-        let Some((target, event)) = self.event_of_stored(stored) else {
-            return;
-        };
+    /// Returns what it addressed and reached, for what this node must do
+    /// beside (and report).
+    pub fn apply_remote(&self, stored: StoredEvent) -> Option<Applied> {
+        let report_acks = stored.report_acks;
+        let (target, event) = self.event_of_stored(stored)?;
         let event = Arc::new(event);
+        if report_acks {
+            let until = util::now_ms() + MAX_ACK_WAIT_MS;
+            self.remote_waits.insert(event.id.clone(), until);
+        }
         self.watermarks.record(&target, event.clone());
         let frame = Arc::new(logout_frame(&event));
         let delivery = self.registry.publish(&target, &frame);
@@ -167,6 +238,11 @@ impl Revocation {
             .messages_delivered
             .inc_by(delivery.delivered as u64);
         self.metrics.logout_event("cluster");
+        Some(Applied {
+            target,
+            event_id: event.id.clone(),
+            delivery,
+        })
     }
 
     /// The event a stored watermark stands for, unless its issuer is no
@@ -220,8 +296,8 @@ impl Revocation {
                 v.insert(expires_at_ms);
             }
         }
-        let record = Record::logout_jti(namespace, jti, expires_at_ms);
-        let result = self.durable.put_once(record).await;
+        let record = Record::used_once(namespace, jti, expires_at_ms);
+        let result = self.durable.write_once(record).await;
         if result.is_err() {
             // Not recorded: a retry must not be mistaken for a replay of a
             // logout that was never carried out. (`Ok(false)`: another node
@@ -229,6 +305,13 @@ impl Revocation {
             self.jtis.remove(&key);
         }
         result
+    }
+
+    /// Forgets a claim whose logout failed, so the sender's retry is not
+    /// mistaken for a replay.
+    pub fn release(&self, namespace: &str, jti: &str) {
+        self.jtis
+            .remove(&(Box::<str>::from(namespace), Box::<str>::from(jti)));
     }
 
     fn issuer_id(&self, name: &str) -> Option<IssuerId> {
@@ -240,50 +323,23 @@ impl Revocation {
         self.leeways.get(id.0 as usize).copied().unwrap_or(0)
     }
 
-    fn issuer_name(&self, id: IssuerId) -> &str {
+    pub fn issuer_name(&self, id: IssuerId) -> &str {
         self.issuer_names
             .get(id.0 as usize)
             .map_or("", String::as_str)
     }
 
-    /// Carries out a logout announced by a token with this `jti` (a
-    /// back-channel logout token, a security event), once: `Ok(false)` for a
-    /// replay, which changes nothing. A logout that fails releases the `jti`
-    /// so the sender's retry is not mistaken for a replay.
-    pub async fn logout_once(
-        &self,
-        iss: IssuerId,
-        jti: &str,
-        expires_at_ms: i64,
-        order: LogoutOrder,
-    ) -> Result<bool, StoreError> {
-        let namespace = self.issuer_name(iss).to_string();
-        if !self.claim_once(&namespace, jti, expires_at_ms).await? {
-            self.metrics.logout_event("replay");
-            return Ok(false);
-        }
-        match self.logout(order).await {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                self.jtis
-                    .remove(&(Box::<str>::from(namespace), Box::<str>::from(jti)));
-                Err(e)
-            }
-        }
+    /// Finishes pending writes and releases the store.
+    pub fn close_store(&self) {
+        self.durable.close();
     }
 
-    /// Finishes pending journal writes and releases the store's file.
-    pub fn close_journal(&self) {
-        if let Durable::Journal(j) = &*self.durable {
-            j.close();
-        }
-    }
-
-    /// Records and delivers a logout: the watermark in memory, then the
-    /// push to every socket, then (awaited) the durable record. An error
-    /// means the sockets were told but the logout would not survive a
-    /// restart; the caller must not answer success.
-    pub async fn logout(&self, order: LogoutOrder) -> Result<LogoutOutcome, StoreError> {
+    /// The core of a logout: the watermark in memory, the push to every
+    /// socket of this node, then (awaited) the durable record and its
+    /// announcement to the other nodes. An error means this node's sockets
+    /// were told but the logout would not survive a restart or reach every
+    /// node; the caller must not answer success.
+    pub async fn logout(&self, order: LogoutOrder) -> Result<Done, StoreError> {
         let started = Instant::now();
         let (scope, sid) = match &order.target {
             Target::User(_) => (Scope::User, None),
@@ -303,10 +359,16 @@ impl Revocation {
         });
         self.watermarks.record(&order.target, event.clone());
         let frame = Arc::new(logout_frame(&event));
-        let counter = order.wait_for_acks.map(|_| {
-            let c = Arc::new(AckCount::default());
-            self.waiting.insert(event.id.clone(), c.clone());
-            c
+        let mut acks = order.wait_for_acks.map(|wait| {
+            let count = Arc::new(AckCount::default());
+            self.waiting.insert(event.id.clone(), count.clone());
+            AckWait {
+                count,
+                waiting: self.waiting.clone(),
+                event_id: event.id.clone(),
+                expected: 0,
+                wait,
+            }
         });
         let delivery = self.registry.publish(&order.target, &frame);
         self.metrics
@@ -316,30 +378,30 @@ impl Revocation {
             .messages_delivered
             .inc_by(delivery.delivered as u64);
         self.metrics.logout_event(order.source);
-        if !matches!(*self.durable, Durable::Nothing) {
-            let record = Record::watermark(&self.stored(&order.target, &event), self.ttl_ms);
-            let started = Instant::now();
-            let result = self.durable.put(record).await;
-            self.metrics
-                .store_commit_latency
-                .observe(started.elapsed().as_secs_f64());
-            if let Err(e) = result {
-                self.metrics.store_errors.inc();
-                return Err(e);
-            }
+        let mut stored = self.stored(&order.target, &event);
+        stored.report_acks = acks.is_some();
+        let started = Instant::now();
+        let mut result = self
+            .durable
+            .write(Record::watermark(&stored, self.ttl_ms))
+            .await;
+        if let (Ok(()), Some(broker)) = (&result, &self.broker) {
+            result = broker.publish(&stored).await;
         }
-        let acked = match (counter, order.wait_for_acks) {
-            (Some(c), Some(wait)) => {
-                let n = wait_for(&c, delivery.delivered, wait).await;
-                self.waiting.remove(&event.id);
-                Some(n)
-            }
-            _ => None,
-        };
-        Ok(LogoutOutcome {
+        self.metrics
+            .store_commit_latency
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            self.metrics.store_errors.inc();
+            return Err(e);
+        }
+        if let Some(a) = &mut acks {
+            a.expected = delivery.delivered;
+        }
+        Ok(Done {
             event_id: event.id.clone(),
             delivery,
-            acked,
+            acks,
         })
     }
 
@@ -357,31 +419,68 @@ impl Revocation {
             sid: e.sid.as_deref().map(str::to_string),
             reason: e.reason.clone(),
             at_ms: e.at_ms,
+            report_acks: false,
         }
     }
 
-    /// The logout that revokes a token issued at `iat` for this user and
-    /// session, if any, as the frame to push. Call after registering the socket.
-    pub fn revoked_token(
+    /// The latest logouts of this user and session: memory, then (when
+    /// memory is only a cache) the store for what memory does not settle.
+    async fn latest(
         &self,
         iat: i64,
         user: &UserKey,
         session: Option<&SessionKey>,
-    ) -> Option<Arc<LogoutFrame>> {
+    ) -> Result<Option<Arc<LogoutEvent>>, StoreError> {
         let leeway = self.leeway(user.iss);
-        let by_user = self
-            .watermarks
-            .user(user)
-            .filter(|e| e.revokes_iat(iat, leeway));
-        let by_session = session
+        let revokes = |e: &Arc<LogoutEvent>| e.revokes_iat(iat, leeway);
+        let mut by_user = self.watermarks.user(user).filter(revokes);
+        let mut by_session = session
             .and_then(|k| self.watermarks.session(k))
-            .filter(|e| e.revokes_iat(iat, leeway));
-        let latest = match (by_user, by_session) {
+            .filter(revokes);
+        if !self.durable.loaded_at_start() && by_user.is_none() && by_session.is_none() {
+            // Only a positive settles it here: a newer logout than the one
+            // cached may be in the store already.
+            let iss = self.issuer_name(user.iss);
+            let mut keys = vec![watermark_key(false, iss, &user.sub)];
+            if let Some(s) = session {
+                keys.push(watermark_key(true, iss, &s.sid));
+            }
+            let found = self.durable.read(Kind::Watermark, &keys).await?;
+            for r in found.into_iter().flatten() {
+                let Some((target, event)) = r.as_watermark().and_then(|s| self.event_of_stored(s))
+                else {
+                    continue;
+                };
+                let event = Arc::new(event);
+                self.watermarks.record(&target, event.clone());
+                if revokes(&event) {
+                    match target {
+                        Target::User(_) => by_user = Some(event),
+                        Target::Session(_) => by_session = Some(event),
+                    }
+                }
+            }
+        }
+        Ok(match (by_user, by_session) {
             (Some(a), Some(b)) => Some(if a.at_ms >= b.at_ms { a } else { b }),
             (a, b) => a.or(b),
-        }?;
-        self.metrics.logout_event("watermark");
-        Some(Arc::new(logout_frame(&latest)))
+        })
+    }
+
+    /// The logout that revokes a token issued at `iat` for this user and
+    /// session, if any, as the frame to push. Call after registering the
+    /// socket. An error: the store cannot say (fail closed).
+    pub async fn revoked_token(
+        &self,
+        iat: i64,
+        user: &UserKey,
+        session: Option<&SessionKey>,
+    ) -> Result<Option<Arc<LogoutFrame>>, StoreError> {
+        let latest = self.latest(iat, user, session).await?;
+        Ok(latest.map(|e| {
+            self.metrics.logout_event("watermark");
+            Arc::new(logout_frame(&e))
+        }))
     }
 
     /// The logout frame for a hub web session the graph knows as ended
@@ -398,80 +497,71 @@ impl Revocation {
         }))
     }
 
-    /// The earliest `iat` a new token for this user (and session) may carry
-    /// so that no existing watermark revokes it (see `LogoutEvent::revokes_iat`).
-    pub fn first_valid_iat(
+    /// The `iat` for a token the hub mints now for this user (and session),
+    /// waiting for the next second when a logout happened in this one (`iat`
+    /// has one-second resolution, and a same-second logout would revoke it).
+    pub async fn valid_iat_now(
         &self,
         user: &UserKey,
         session: Option<&SessionKey>,
-        now_secs: u64,
-    ) -> u64 {
-        let latest = [
-            self.watermarks.user(user),
-            session.and_then(|k| self.watermarks.session(k)),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|e| (e.at_ms.div_euclid(1000) + self.leeway(user.iss)) as u64 + 1)
-        .max();
-        latest.map_or(now_secs, |first| now_secs.max(first))
-    }
-
-    /// [`Revocation::first_valid_iat`] for a token minted now, waiting for
-    /// the next second when a logout happened in this one (`iat` has
-    /// one-second resolution, and a same-second logout would revoke it).
-    pub async fn valid_iat_now(&self, user: &UserKey, session: Option<&SessionKey>) -> u64 {
+    ) -> Result<u64, StoreError> {
         let now = util::now_secs();
-        let iat = self.first_valid_iat(user, session, now);
+        let iat = match self.latest(now as i64, user, session).await? {
+            Some(e) => (e.at_ms.div_euclid(1000) + self.leeway(user.iss)) as u64 + 1,
+            None => now,
+        };
         if iat > now {
             let wait_ms = (iat as i64 * 1000 - util::now_ms()).max(0) as u64;
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         }
-        iat
+        Ok(iat.max(now))
     }
 
-    /// Counts a client's acknowledgement of the logout it was sent.
+    /// Counts a client's acknowledgement of the logout it was sent; one of
+    /// a logout another node waits on is reported to it.
     pub fn acked(&self, event_id: &str) {
         self.metrics.messages_acked.inc();
         if let Some(c) = self.waiting.get(event_id) {
             c.acked.fetch_add(1, Ordering::AcqRel);
             c.changed.notify_waiters();
+        } else if let (Some(broker), true) =
+            (&self.broker, self.remote_waits.contains_key(event_id))
+        {
+            let (broker, id) = (broker.clone(), event_id.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = broker.report_ack(&id).await {
+                    tracing::debug!(error = %e, "an ack was not reported to its node");
+                }
+            });
         }
     }
 
-    /// Forgets watermarks older than the longest token lifetime, in memory
-    /// and in the journal.
+    /// Logouts whose acknowledgements are being counted (tests, metrics).
+    pub fn acks_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Forgets watermarks older than the longest token lifetime (or, when
+    /// memory is only a cache, than the cache window), in memory and in
+    /// the store.
     pub async fn expire(&self) -> usize {
         let now = util::now_ms();
-        let n = self.watermarks.expire(now, self.ttl_ms);
+        let keep = if self.durable.loaded_at_start() {
+            self.ttl_ms
+        } else {
+            self.ttl_ms.min(CACHE_MS)
+        };
+        let n = self.watermarks.expire(now, keep);
         self.jtis.retain(|_, exp| *exp > now);
-        // Redis expires its keys itself (PX).
-        if let Durable::Journal(j) = &*self.durable
-            && let Err(e) = j.expire(now).await
-        {
-            tracing::warn!(error = %e, "store: expiring old watermarks failed; retrying later");
+        self.remote_waits.retain(|_, until| *until > now);
+        if let Err(e) = self.durable.expire(now).await {
+            tracing::warn!(error = %e, "store: expiring old records failed; retrying later");
         }
         n
     }
 
     pub fn watermark_count(&self) -> usize {
         self.watermarks.len()
-    }
-}
-
-async fn wait_for(c: &AckCount, expected: usize, wait: Duration) -> usize {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        // Register interest before reading, so an ack between the read and
-        // the await still wakes us.
-        let changed = c.changed.notified();
-        let n = c.acked.load(Ordering::Acquire);
-        if n >= expected {
-            return n;
-        }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return c.acked.load(Ordering::Acquire);
-        }
     }
 }
 

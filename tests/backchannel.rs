@@ -204,7 +204,7 @@ async fn the_hubs_own_logout_tokens_are_refused_as_input() {
     let (_, _, login) = sso.alice_on("web").await;
     let (mut ws, _) = sso.hub.socket(&login.token).await;
     let now = slo_hub::util::now_secs();
-    let own = sso.hub.app().session_signer.sign_typed(
+    let own = sso.hub.app().hub_issuers.session.sign_typed(
         &json!({
             "iss": sso.hub.url, "aud": "web", "sid": login.sid,
             "iat": now, "exp": now + 120, "jti": slo_hub::util::random_id(),

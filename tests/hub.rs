@@ -769,7 +769,7 @@ async fn a_logout_the_store_cannot_record_is_never_answered_with_success() {
     let token = hub.token("alice", None).await;
     let (mut ws, _) = hub.socket(&token).await;
     // The store's writer is gone (as when the disk fails or the hub stops).
-    hub.app().revocation.close_journal();
+    hub.app().revocation.close_store();
     let (status, body) = hub.backend_logout(json!({"sub": "alice"})).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "unavailable", "{body}");

@@ -277,29 +277,139 @@ async fn a_refusal_is_final_and_failures_stop_after_max_attempts() {
     assert_eq!(sso.hub.metric(DELIVERED).await, 0.0);
 }
 
-/// With the queue full (one slot, its notification held by a slow
-/// backend), a further one is dropped and counted; the held one is still
-/// delivered once the backend answers.
+/// Notifications wait in the session graph's outbox, not in a bounded
+/// queue in memory: a backend that holds its answer delays no trigger's
+/// answer, and nothing is dropped however many wait behind it.
 #[tokio::test]
-async fn a_full_queue_drops_and_counts() {
+async fn a_slow_backend_delays_no_answer_and_nothing_is_dropped() {
     let mut backend = Backend::start(&[], false).await;
-    let sso = hub_for(&backend, |c| c.notify.queue_size = 1).await;
-    let (_, _, first) = sso.alice_on("web").await;
-    let (_, _, second) = sso.alice_on("web").await;
+    let sso = hub_for(&backend, |c| c.notify.concurrency = 1).await;
+    let mut sids = Vec::new();
+    for _ in 0..3 {
+        let (_, _, login) = sso.alice_on("web").await;
+        let started = std::time::Instant::now();
+        sso.revoke(json!({"type": "session", "id": login.sid}))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the answer did not wait"
+        );
+        sids.push(login.sid);
+    }
+    backend.gate.add_permits(3);
+    let mut told = HashSet::new();
+    for _ in 0..3 {
+        let c = claims(&backend.next_token().await);
+        told.insert(c["sid"].as_str().unwrap().to_string());
+    }
+    assert_eq!(told, sids.into_iter().collect::<HashSet<_>>());
+    wait_for_metric(&sso, DELIVERED, 3.0).await;
+    assert_eq!(sso.hub.metric(DROPPED).await, 0.0);
+}
 
-    sso.revoke(json!({"type": "session", "id": first.sid}))
-        .await;
-    let (_, c) = verify(&sso, &backend.next_token().await).await;
-    assert_eq!(c["sid"], first.sid);
-    // The first is in flight (held): the second finds no slot.
-    sso.revoke(json!({"type": "session", "id": second.sid}))
-        .await;
-    wait_for_metric(&sso, DROPPED, 1.0).await;
-
-    backend.gate.add_permits(1);
-    wait_for_metric(&sso, DELIVERED, 1.0).await;
-    assert!(
-        backend.received.try_recv().is_err(),
-        "the dropped one never came"
-    );
+/// A notification survives the hub's death: the backend holds the first
+/// attempt, the hub is killed (-9) meanwhile, and after the restart the
+/// notice — kept in the session graph's outbox — is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_notification_survives_a_kill_9() {
+    use common::process::{Running, config_file};
+    slo_hub::auth::crypto::install();
+    let mut backend = Backend::start(&[], false).await;
+    let port = common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let (_cfg, path) = config_file(&format!(
+        r#"listen = "127.0.0.1:{port}"
+public_url = "{base}"
+[dev]
+issuer = true
+[notify]
+request_timeout_ms = 500
+first_retry_ms = 50
+[[api_keys]]
+name = "test"
+sha256 = "{}"
+scopes = ["logout:any", "revoke"]
+[[clients]]
+client_id = "native"
+kind = "native"
+can_create_session_transfer_token = true
+[[clients]]
+client_id = "web"
+kind = "web"
+redirect_uris = ["{CB}"]
+backchannel_logout_uri = "{}"
+"#,
+        common::sha256_hex(common::API_KEY),
+        backend.url
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["serve", "--config", path.as_str()];
+    let hub = Running::start(&args, &[], dir.path());
+    let http = client_from(None);
+    let post = |path: &str, body: Value| {
+        let req = http.post(format!("{base}{path}")).json(&body);
+        let req = if path == "/v1/revocations" {
+            req.bearer_auth(common::API_KEY)
+        } else {
+            req
+        };
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let refresh = post(
+        "/dev/native-session",
+        json!({"sub": "alice", "client_id": "native"}),
+    )
+    .await;
+    let stt = post(
+        "/oauth/token",
+        json!({"grant_type": "refresh_token", "client_id": "native",
+               "refresh_token": refresh["refresh_token"], "audience": AUD}),
+    )
+    .await;
+    let (verifier, challenge) = pkce();
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("client_id", "web"),
+            ("redirect_uri", CB),
+            ("response_type", "code"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            (
+                "session_transfer_token",
+                stt["access_token"].as_str().unwrap(),
+            ),
+        ])
+        .finish();
+    let r = http
+        .get(format!("{base}/authorize?{q}"))
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let code = location
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let login = post(
+        "/oauth/token",
+        json!({"grant_type": "authorization_code", "client_id": "web", "code": code,
+               "redirect_uri": CB, "code_verifier": verifier}),
+    )
+    .await;
+    let sid = login["session_id"].as_str().unwrap().to_string();
+    let v = post("/v1/revocations", json!({"type": "session", "id": sid})).await;
+    assert_eq!(v["revoked"]["web_sessions"], 1, "{v}");
+    // The backend holds the first attempt; the hub dies meanwhile.
+    let held = claims(&backend.next_token().await);
+    assert_eq!(held["sid"], sid);
+    hub.kill9();
+    backend.gate.add_permits(10);
+    let hub = Running::start(&args, &[], dir.path());
+    let delivered = claims(&backend.next_token().await);
+    assert_eq!(delivered["sid"], sid, "delivered after the restart");
+    assert_eq!(hub.terminate().0, 0);
 }

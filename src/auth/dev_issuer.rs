@@ -14,7 +14,7 @@ use super::signer::{Signer, SignerError};
 use crate::config::IssuerSettings;
 use crate::util;
 
-const KEY_FILE: &str = "dev-issuer.ed25519.pk8";
+pub const KEY_FILE: &str = "dev-issuer.ed25519.pk8";
 /// Audience of dev tokens.
 pub const DEV_AUDIENCE: &str = "slo-hub-dev";
 /// Lifetime of dev tokens.
@@ -30,6 +30,11 @@ impl DevIssuer {
         Ok(DevIssuer {
             signer: Signer::load_or_create(data_dir, KEY_FILE, "dev", iss)?,
         })
+    }
+
+    /// With a key of its own (shared by the nodes of a cluster).
+    pub fn with_signer(signer: Signer) -> DevIssuer {
+        DevIssuer { signer }
     }
 
     pub fn iss(&self) -> &str {

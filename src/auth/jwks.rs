@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::Mutex;
 
 use super::jwt::{Issuer, VerifyKey};
@@ -40,6 +42,9 @@ pub struct JwksSource {
     /// Held across the fetch: this is what makes concurrent unknown-kid
     /// lookups share one request. A tokio mutex because it spans an await.
     state: Mutex<FetchState>,
+    /// A fetch has succeeded: read without the lock, so readiness never
+    /// waits for a fetch in progress.
+    loaded: AtomicBool,
 }
 
 #[derive(Default)]
@@ -56,12 +61,13 @@ impl JwksSource {
             issuer,
             url,
             state: Mutex::new(FetchState::default()),
+            loaded: AtomicBool::new(false),
         }
     }
 
-    /// True once a fetch has succeeded.
-    pub async fn has_keys(&self) -> bool {
-        self.state.lock().await.last_success.is_some()
+    /// True once a fetch has succeeded; answers at once.
+    pub fn has_keys(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// Called on an unknown kid: refetches unless one happened within the
@@ -129,6 +135,7 @@ impl JwksSource {
         }
         self.issuer.replace_keys(merged);
         st.last_success = Some(now);
+        self.loaded.store(true, Ordering::Release);
         tracing::info!(issuer = %self.issuer.iss, keys = count, retired = st.retired.len(), "JWKS loaded");
         Ok(count)
     }

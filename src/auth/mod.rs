@@ -118,14 +118,10 @@ impl Authenticator {
         }
     }
 
-    /// True when every JWKS-backed issuer has keys.
-    pub async fn keys_ready(&self) -> bool {
-        for src in self.jwks.iter().flatten() {
-            if !src.has_keys().await {
-                return false;
-            }
-        }
-        true
+    /// True when every JWKS-backed issuer has keys; answers at once, even
+    /// while a fetch is in progress.
+    pub fn keys_ready_now(&self) -> bool {
+        self.jwks.iter().flatten().all(|src| src.has_keys())
     }
 
     pub fn issuer_id(&self, iss: &str) -> Option<IssuerId> {
@@ -241,7 +237,7 @@ impl Authenticator {
                     return Err(AuthError::UnknownKey);
                 };
                 let fetched = src.refetch_if_allowed(&self.http).await;
-                if !fetched && !src.has_keys().await {
+                if !fetched && !src.has_keys() {
                     return Err(AuthError::KeysUnavailable);
                 }
                 issuer.find_key(alg, kid)?

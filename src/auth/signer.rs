@@ -67,16 +67,31 @@ impl Signer {
             }
             Err(e) => return Err(err(e.to_string())),
         };
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).map_err(|_| {
+        Signer::from_pkcs8(&pkcs8, kid_prefix, iss).ok_or_else(|| {
             err("not an Ed25519 PKCS#8 key; move it away to create a new one".into())
-        })?;
+        })
+    }
+
+    /// A new Ed25519 key (PKCS#8), for a signer several nodes share.
+    pub fn generate_pkcs8() -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        // Only fails if the OS random source does, as `util::random_bytes`.
+        Ed25519KeyPair::generate_pkcs8(&rng)
+            .expect("the operating system's random number generator failed")
+            .as_ref()
+            .to_vec()
+    }
+
+    /// A signer from an Ed25519 PKCS#8 key; `None` if it is not one.
+    pub fn from_pkcs8(pkcs8: &[u8], kid_prefix: &str, iss: String) -> Option<Signer> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).ok()?;
         let public = pair.public_key().as_ref().to_vec();
         let digest = ring::digest::digest(&ring::digest::SHA256, &public);
         let kid = format!(
             "{kid_prefix}-{}",
             &URL_SAFE_NO_PAD.encode(digest.as_ref())[..16]
         );
-        Ok(Signer {
+        Some(Signer {
             iss,
             kid,
             public,

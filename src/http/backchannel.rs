@@ -91,7 +91,7 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
             return invalid(format!("logout token refused: {} ({})", e, e.reason()));
         }
     };
-    if claims.issuer == app.session_issuer_id {
+    if claims.issuer == app.hub_issuers.session_id {
         // The hub signs logout tokens for its apps' backends; one coming
         // back in is an app replaying it, not an identity provider.
         return invalid("the hub does not accept its own logout tokens");

@@ -86,7 +86,7 @@ async fn push(State(app): State<Arc<App>>, req: Request) -> Response {
             return respond(StatusCode::BAD_REQUEST, Some((err_code(&e), description)));
         }
     };
-    if event.issuer == app.session_issuer_id {
+    if event.issuer == app.hub_issuers.session_id {
         let why = "the hub does not accept its own tokens as security events";
         return respond(
             StatusCode::BAD_REQUEST,

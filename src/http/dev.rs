@@ -38,7 +38,7 @@ async fn dev_token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<DevTokenBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (Some(dev), Some(iss)) = (&app.dev_issuer, app.dev_issuer_id) else {
+    let (Some(dev), Some(iss)) = (&app.hub_issuers.dev, app.hub_issuers.dev_id) else {
         return Err(ApiError::NotFound);
     };
     if !peer.ip().is_loopback() {
@@ -61,7 +61,11 @@ async fn dev_token(
         iss,
         sid: sid.into(),
     });
-    let iat = app.revocation.valid_iat_now(&user, session.as_ref()).await;
+    let iat = app
+        .revocation
+        .valid_iat_now(&user, session.as_ref())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{e}; retry")))?;
     let token = dev.mint(
         &body.sub,
         body.sid.as_deref(),
@@ -89,7 +93,7 @@ async fn dev_native_session(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<NativeSessionBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(dev) = &app.dev_issuer else {
+    let Some(dev) = &app.hub_issuers.dev else {
         return Err(ApiError::NotFound);
     };
     if !peer.ip().is_loopback() {
@@ -119,7 +123,7 @@ async fn dev_native_session(
 }
 
 async fn jwks(State(app): State<Arc<App>>) -> Json<Value> {
-    let mut keys: Vec<Value> = app.dev_issuer.iter().map(|d| d.jwk()).collect();
-    keys.push(app.session_signer.jwk());
+    let mut keys: Vec<Value> = app.hub_issuers.dev.iter().map(|d| d.jwk()).collect();
+    keys.push(app.hub_issuers.session.jwk());
     Json(json!({ "keys": keys }))
 }

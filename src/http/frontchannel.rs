@@ -205,7 +205,7 @@ async fn confirmed(State(app): State<Arc<App>>, req: Request) -> Response {
     let logged_out = app
         .logout(LogoutOrder {
             target: Target::Session(SessionKey {
-                iss: app.session_issuer_id,
+                iss: app.hub_issuers.session_id,
                 sid: web.sid.as_str().into(),
             }),
             sub: Some(web.sub.as_str().into()),
@@ -238,7 +238,7 @@ async fn confirmed(State(app): State<Arc<App>>, req: Request) -> Response {
         };
         let origin = url.origin().ascii_serialization();
         url.query_pairs_mut()
-            .append_pair("iss", &app.session_signer.iss)
+            .append_pair("iss", &app.hub_issuers.session.iss)
             .append_pair("sid", &web.sid);
         if !frame_origins.contains(&origin) {
             frame_origins.push(origin.clone());

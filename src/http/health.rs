@@ -19,17 +19,10 @@ pub fn router() -> Router<Arc<App>> {
         .route("/metrics", get(metrics))
 }
 
+/// Answers at once: nothing it reads waits on I/O (a JWKS fetch or Redis
+/// in progress is reported as it stands).
 async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let mut problems = Vec::new();
-    if app.shutdown.is_cancelled() {
-        problems.push("shutting down");
-    }
-    if !app.auth.keys_ready().await {
-        problems.push("issuer keys not loaded");
-    }
-    if app.cluster.as_ref().is_some_and(|c| !c.is_ready()) {
-        problems.push("Redis (cluster) unreachable");
-    }
+    let problems = app.problems();
     let status = if problems.is_empty() {
         StatusCode::OK
     } else {

@@ -177,7 +177,7 @@ fn backend_issuer(app: &App, iss: Option<&str>) -> Result<IssuerId, ApiError> {
         }),
         None => app
             .auth
-            .single_issuer(app.session_issuer_id)
+            .single_issuer(app.hub_issuers.session_id)
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "bad_request",

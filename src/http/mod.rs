@@ -71,11 +71,12 @@ pub fn router(app: Arc<App>) -> Router {
 
 fn cors(app: &App) -> CorsLayer {
     let origins: Vec<HeaderValue> = app
-        .cors_origins
+        .origins
+        .cors
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
-    let allow = if app.cors_origins.iter().any(|o| o == "*") {
+    let allow = if app.origins.cors.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
         AllowOrigin::list(origins)

@@ -80,17 +80,21 @@ async fn revoke(
             Some(sub.0),
         ),
     };
-    let revoked = app.sessions.revoke(&what).await.map_err(|e| match e {
-        SessionError::Store(s) => ApiError::Unavailable(format!("{s}; retry")),
-        SessionError::NotFound(why) => ApiError::Unknown(why),
-        other => ApiError::bad_request("bad_request", other.to_string()),
-    })?;
+    let revoked = app
+        .sessions
+        .revoke(&what, "session_revoked")
+        .await
+        .map_err(|e| match e {
+            SessionError::Store(s) => ApiError::Unavailable(format!("{s}; retry")),
+            SessionError::NotFound(why) => ApiError::Unknown(why),
+            other => ApiError::bad_request("bad_request", other.to_string()),
+        })?;
     let unrecorded = |e: crate::store::StoreError| {
         ApiError::Unavailable(format!(
             "{e}. The sessions were revoked and their sockets told, but a logout would not survive a restart: retry"
         ))
     };
-    app.end_web_sessions(&revoked.web_sessions, "session_revoked", "revocation")
+    app.deliver(&revoked.web_sessions)
         .await
         .map_err(unrecorded)?;
     // Sockets holding the upstream issuer's own tokens for this session or user.

@@ -119,6 +119,32 @@ pub struct Code {
     pub expires_ms: i64,
 }
 
+/// What must follow a web session's end, recorded in the same save that
+/// ended it: the graph is its own outbox, so nothing is lost between the
+/// change and its delivery, on any node, across any restart.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// Push the session's logout to its sockets (every node).
+    Push { reason: String },
+    /// Tell this client's backend (OpenID Back-Channel Logout).
+    Backchannel { client: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notice {
+    #[serde(flatten)]
+    pub kind: NoticeKind,
+    /// The web session that ended, and the hub subject.
+    pub sid: String,
+    pub sub: String,
+    /// When it may be taken (ms): the node that made the change delivers
+    /// it before, any node after.
+    pub due_ms: i64,
+    /// Deliveries tried so far.
+    pub attempts: u32,
+}
+
 /// One user's part of the session graph.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserGraph {
@@ -135,6 +161,8 @@ pub struct UserGraph {
     pub transfers: Vec<Transfer>,
     #[serde(default)]
     pub codes: Vec<Code>,
+    #[serde(default)]
+    pub outbox: Vec<Notice>,
 }
 
 /// Pointer keys: what leads from a secret or id to its user's graph.
@@ -212,6 +240,7 @@ impl UserGraph {
             .chain(self.refresh.iter().map(|r| r.expires_ms))
             .chain(self.transfers.iter().map(|t| t.expires_ms))
             .chain(self.codes.iter().map(|c| c.expires_ms))
+            .chain(self.outbox.iter().map(|n| n.due_ms))
             .max()
             .unwrap_or(0);
         latest + keep_ended_ms
@@ -227,12 +256,18 @@ impl UserGraph {
             .collect()
     }
 
+    /// When the earliest notice is due, if any.
+    pub fn notice_due(&self) -> Option<i64> {
+        self.outbox.iter().map(|n| n.due_ms).min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.natives.is_empty()
             && self.webs.is_empty()
             && self.refresh.is_empty()
             && self.transfers.is_empty()
             && self.codes.is_empty()
+            && self.outbox.is_empty()
     }
 
     pub fn native(&self, id: &str) -> Option<&Native> {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::model::{Code, Native, Refresh, RtState, Transfer, UserGraph, Web};
+use super::model::{Code, Native, Notice, NoticeKind, Refresh, RtState, Transfer, UserGraph, Web};
 use super::secrets::{digest, id, pkce_matches, secret};
 use crate::config::ClientSettings;
 
@@ -33,12 +33,27 @@ pub const CODE_TTL_MS: i64 = 60_000;
 /// Ended entities are kept this long after they end (answers stay precise
 /// for a replay, e.g. "already used" rather than "unknown").
 pub const KEEP_ENDED_MS: i64 = 10 * 60_000;
+/// How long the node that ended a session has to deliver its notices
+/// before any node may take them, unless the settings say (`Clients`).
+pub const NOTICE_LEASE_MS: i64 = 10_000;
 
-/// The registered clients, as the rules consult them.
-#[derive(Clone, Default)]
-pub struct Clients(pub HashMap<String, Arc<ClientSettings>>);
+/// The registered clients, as the rules consult them, and how long the
+/// node that ends a session has to deliver its notices (twice a
+/// back-channel request's deadline) before any node may take them.
+#[derive(Clone)]
+pub struct Clients(pub HashMap<String, Arc<ClientSettings>>, pub i64);
+
+impl Default for Clients {
+    fn default() -> Clients {
+        Clients(HashMap::new(), NOTICE_LEASE_MS)
+    }
+}
 
 impl Clients {
+    pub fn notice_lease_ms(&self) -> i64 {
+        self.1
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<ClientSettings>> {
         self.0.get(id)
     }
@@ -53,18 +68,24 @@ impl Clients {
 }
 
 /// A web session that ended: its SPAs must be told, and the backend of
-/// every client that joined it.
+/// every client that joined it (the graph's outbox holds both until done).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ended {
+    /// The user's graph (its tag), where the notices wait.
+    #[serde(skip)]
+    pub user: String,
     pub sid: String,
     /// The hub subject (the `sub` of the session's tokens).
     pub sub: String,
     pub clients: Vec<String>,
 }
 
-/// What a revocation ended.
+/// What a revocation ended (and why: what the ended sessions' sockets are
+/// told; empty means `session_revoked`).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Revoked {
+    #[serde(skip)]
+    pub reason: String,
     pub web_sessions: Vec<Ended>,
     pub native_sessions: Vec<String>,
     pub refresh_tokens: Vec<String>,
@@ -72,6 +93,22 @@ pub struct Revoked {
 }
 
 impl Revoked {
+    /// An empty accumulator whose ended sessions are told `reason`.
+    pub fn because(reason: &str) -> Revoked {
+        Revoked {
+            reason: reason.to_string(),
+            ..Revoked::default()
+        }
+    }
+
+    fn push_reason(&self) -> &str {
+        if self.reason.is_empty() {
+            "session_revoked"
+        } else {
+            &self.reason
+        }
+    }
+
     pub fn append(&mut self, mut other: Revoked) {
         self.web_sessions.append(&mut other.web_sessions);
         self.native_sessions.append(&mut other.native_sessions);
@@ -104,6 +141,7 @@ impl UserGraph {
 
     fn ended(&self, w: &Web) -> Ended {
         Ended {
+            user: self.tag().0,
             sid: w.id.clone(),
             sub: self.hub_subject(),
             clients: w.clients.clone(),
@@ -411,15 +449,54 @@ impl UserGraph {
     }
 
     /// Ends a web session (revoked, expired, logged out): each of its
-    /// refresh tokens goes too when that token's client keeps them online.
+    /// refresh tokens goes too when that token's client keeps them online,
+    /// and what must follow waits in the outbox.
     pub fn end_web(&mut self, id: &str, clients: &Clients, revoked: &mut Revoked, now: i64) {
+        let reason = revoked.push_reason().to_string();
+        self.end_web_as(id, clients, revoked, now, Some(&reason))
+    }
+
+    /// [`UserGraph::end_web`], with the reason its sockets are told, or
+    /// `None` when a logout already pushed to them.
+    pub fn end_web_as(
+        &mut self,
+        id: &str,
+        clients: &Clients,
+        revoked: &mut Revoked,
+        now: i64,
+        push: Option<&str>,
+    ) {
         let Some(w) = self.web_mut(id) else {
             return;
         };
         if !w.ended() {
             w.ended_at = Some(now);
             let w = w.clone();
-            revoked.web_sessions.push(self.ended(&w));
+            let ended = self.ended(&w);
+            let due_ms = now + clients.notice_lease_ms();
+            let notice = |kind| Notice {
+                kind,
+                sid: ended.sid.clone(),
+                sub: ended.sub.clone(),
+                due_ms,
+                attempts: 0,
+            };
+            if let Some(reason) = push {
+                self.outbox.push(notice(NoticeKind::Push {
+                    reason: reason.to_string(),
+                }));
+            }
+            for client in &ended.clients {
+                if clients
+                    .get(client)
+                    .is_some_and(|c| c.backchannel_logout_uri.is_some())
+                {
+                    self.outbox.push(notice(NoticeKind::Backchannel {
+                        client: client.clone(),
+                    }));
+                }
+            }
+            revoked.web_sessions.push(ended);
         }
         let online: Vec<String> = self
             .refresh
@@ -436,14 +513,15 @@ impl UserGraph {
         self.codes.retain(|c| c.web != id);
     }
 
-    /// Ends every live web session `which` picks.
+    /// Ends every live web session `which` picks; `push` as in `end_web_as`.
     pub fn end_webs_where(
         &mut self,
         which: impl Fn(&Web) -> bool,
         clients: &Clients,
         now: i64,
+        push: Option<&str>,
     ) -> Revoked {
-        let mut revoked = Revoked::default();
+        let mut revoked = Revoked::because(push.unwrap_or(""));
         let ids: Vec<String> = self
             .webs
             .iter()
@@ -451,7 +529,7 @@ impl UserGraph {
             .map(|w| w.id.clone())
             .collect();
         for id in ids {
-            self.end_web(&id, clients, &mut revoked, now);
+            self.end_web_as(&id, clients, &mut revoked, now, push);
         }
         revoked
     }
@@ -504,7 +582,7 @@ mod tests {
             adjust(&mut c);
             map.insert(id.to_string(), Arc::new(c));
         }
-        Clients(map)
+        Clients(map, NOTICE_LEASE_MS)
     }
 
     /// Alice with one native session, one web session opened from it by

@@ -1,4 +1,4 @@
-//! The durable journal of watermarks: a redb file in the data directory.
+//! The durable journal of a single node: a redb file in the data directory.
 //!
 //! Why redb: pure Rust (no C toolchain, no second process), ACID with a
 //! crash-safe copy-on-write B-tree and an fsync per commit, an exclusive
@@ -18,13 +18,12 @@
 //! Must not: be read on the hot path. Everything is loaded into memory at
 //! start; afterwards this file is only written.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{Kind, Record, StoreError};
@@ -34,22 +33,6 @@ fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
 }
 /// Records per transaction at most (a bound on one commit's latency).
 const MAX_BATCH: usize = 1024;
-
-/// A watermark as stored: the event, with the issuer by name (issuer ids
-/// are positions in the config and may change between starts).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StoredEvent {
-    pub iss: String,
-    /// `"user"` or `"session"`.
-    pub scope: String,
-    /// The user's sub (user scope) or the session's sid (session scope).
-    pub key: String,
-    pub id: String,
-    pub sub: Option<String>,
-    pub sid: Option<String>,
-    pub reason: String,
-    pub at_ms: i64,
-}
 
 enum Job {
     Put(Record, oneshot::Sender<Result<(), StoreError>>),
@@ -66,18 +49,21 @@ pub struct Journal {
 /// not yet expired.
 pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), StoreError> {
     let path = dir.join("slo-hub.redb");
+    let place = path.display().to_string();
     let open_error = |e: redb::DatabaseError| StoreError::Open {
-        path: path.clone(),
-        reason: match e {
+        place: place.clone(),
+        reason: match &e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 "the file is locked: another slo-hub process uses this data directory".into()
             }
             other => other.to_string(),
         },
+        cause: Some(std::sync::Arc::new(e)),
     };
     std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-        path: path.clone(),
+        place: place.clone(),
         reason: e.to_string(),
+        cause: Some(std::sync::Arc::new(e)),
     })?;
     let db = Database::create(&path).map_err(open_error)?;
     let events = load(&db, &path)?;
@@ -86,8 +72,9 @@ pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), StoreError> {
         .name("slo-hub-journal".into())
         .spawn(move || writer(db, rx))
         .map_err(|e| StoreError::Open {
-            path,
+            place,
             reason: e.to_string(),
+            cause: Some(std::sync::Arc::new(e)),
         })?;
     Ok((
         Journal {
@@ -105,8 +92,9 @@ const LEGACY_GRAPH: TableDefinition<'static, &'static str, &'static [u8]> =
 
 fn load(db: &Database, path: &Path) -> Result<Vec<Record>, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Open {
-        path: PathBuf::from(path),
+        place: path.display().to_string(),
         reason: e.to_string(),
+        cause: None,
     };
     // Create the tables on first start, so reads below find them.
     let w = db.begin_write().map_err(|e| corrupt(&e))?;
@@ -215,34 +203,37 @@ fn writer(db: Database, rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// A redb failure, with its cause.
+fn failed(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::backend("the embedded store", e.into())
+}
+
 fn commit<'a>(db: &Database, records: impl Iterator<Item = &'a Record>) -> Result<(), StoreError> {
-    let fail = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
-    let w = db.begin_write().map_err(|e| fail(&e))?;
+    let w = db.begin_write().map_err(failed)?;
     for r in records {
-        let mut t = w.open_table(table(r.kind)).map_err(|e| fail(&e))?;
+        let mut t = w.open_table(table(r.kind)).map_err(failed)?;
         // Never replace a record of a higher version, whatever order
         // commits come in (a watermark only moves forward).
-        let newer = match t.get(r.key.as_str()).map_err(|e| fail(&e))? {
+        let newer = match t.get(r.key.as_str()).map_err(failed)? {
             Some(old) => serde_json::from_slice::<Record>(old.value())
                 .map(|old| r.version >= old.version)
                 .unwrap_or(true),
             None => true,
         };
         if newer {
-            let value = serde_json::to_vec(r).map_err(|e| fail(&e))?;
-            t.insert(r.key.as_str(), value.as_slice())
-                .map_err(|e| fail(&e))?;
+            // A struct of strings and integers always serializes.
+            let value = serde_json::to_vec(r).unwrap_or_default();
+            t.insert(r.key.as_str(), value.as_slice()).map_err(failed)?;
         }
     }
-    w.commit().map_err(|e| fail(&e))
+    w.commit().map_err(failed)
 }
 
 fn expire(db: &Database, now_ms: i64) -> Result<usize, StoreError> {
-    let fail = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
-    let w = db.begin_write().map_err(|e| fail(&e))?;
+    let w = db.begin_write().map_err(failed)?;
     let mut removed = 0;
     for kind in Kind::ALL {
-        let mut t = w.open_table(table(kind)).map_err(|e| fail(&e))?;
+        let mut t = w.open_table(table(kind)).map_err(failed)?;
         t.retain(|_, v| {
             let keep = serde_json::from_slice::<Record>(v)
                 .map(|r| r.expires_at_ms > now_ms)
@@ -252,9 +243,9 @@ fn expire(db: &Database, now_ms: i64) -> Result<usize, StoreError> {
             }
             keep
         })
-        .map_err(|e| fail(&e))?;
+        .map_err(failed)?;
     }
-    w.commit().map_err(|e| fail(&e))?;
+    w.commit().map_err(failed)?;
     Ok(removed)
 }
 
@@ -265,7 +256,7 @@ mod tests {
     const TTL: i64 = 3_600_000;
 
     fn ev(key: &str, at_ms: i64) -> Record {
-        let e = StoredEvent {
+        let e = crate::store::StoredEvent {
             iss: "https://issuer".into(),
             scope: "user".into(),
             key: key.into(),
@@ -274,6 +265,7 @@ mod tests {
             sid: None,
             reason: "test".into(),
             at_ms,
+            report_acks: false,
         };
         // An hour: far beyond any pause of a loaded CI machine, so only the
         // explicit `expire` below removes anything.

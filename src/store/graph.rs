@@ -16,16 +16,11 @@
 //! Must not: interpret a record (the session layer does), or decide rules.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::{Kind, Record, StoreError};
-use crate::revocation::Durable;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use super::{BoxFuture, Durable, Kind, Record, StoreError};
 
 /// One user's graph as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +33,9 @@ pub struct GraphRecord {
     pub pointers: Vec<String>,
     /// Live web sessions: (deadline ms, session id).
     pub deadlines: Vec<(i64, String)>,
+    /// When the earliest pending notice (a logout to push, a backend to
+    /// tell) is due, if any: the graph's own outbox.
+    pub notice_due: Option<i64>,
     /// When the whole record may be forgotten (ms).
     pub expires_ms: i64,
 }
@@ -59,15 +57,29 @@ pub trait GraphStore: Send + Sync {
 
     /// Saves `record` if the stored version is still `expected` (0: none
     /// yet), durably, before returning `Ok(true)`. `Ok(false)`: someone
-    /// saved first; load again and retry.
+    /// saved first; load again and retry. `previous`: the record loaded
+    /// (its index entries that `record` no longer has are retired).
     fn save<'a>(
         &'a self,
         expected: u64,
+        previous: Option<&'a GraphRecord>,
         record: &'a GraphRecord,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Web sessions whose deadline is at or before `now`: (user, session).
     fn due<'a>(&'a self, now: i64) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>>;
+
+    /// Users with a notice due at or before `now`.
+    fn notices_due<'a>(&'a self, now: i64) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    /// Drops index entries that turned out stale (a crash between a save
+    /// and its index update leaves some on Redis): the deadline of a web
+    /// session, or the user's notice entry.
+    fn forget<'a>(
+        &'a self,
+        tag: &'a str,
+        web: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The earliest deadline this node knows of, if any.
     fn next_deadline(&self) -> Option<i64>;
@@ -86,6 +98,7 @@ struct Entry {
     data: Arc<str>,
     pointers: Vec<String>,
     deadlines: Vec<(i64, String)>,
+    notice_due: Option<i64>,
     expires_ms: i64,
 }
 
@@ -96,6 +109,8 @@ struct State {
     pointers: HashMap<String, String>,
     /// (deadline, user, web session), earliest first.
     deadlines: BTreeSet<(i64, String, String)>,
+    /// (due, user) of pending notices, earliest first.
+    notices: BTreeSet<(i64, String)>,
     /// Users with a save on its way to the journal; a second writer waits.
     writing: HashMap<String, Arc<Notify>>,
 }
@@ -112,7 +127,7 @@ pub struct LocalGraphs {
 
 struct Inner {
     state: Mutex<State>,
-    durable: Arc<Durable>,
+    durable: Arc<dyn Durable>,
     deadline_changed: Notify,
 }
 
@@ -123,7 +138,7 @@ impl Inner {
 }
 
 impl LocalGraphs {
-    pub fn new(durable: Arc<Durable>) -> LocalGraphs {
+    pub fn new(durable: Arc<dyn Durable>) -> LocalGraphs {
         LocalGraphs {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
@@ -165,6 +180,12 @@ impl State {
         for (t, ws) in &r.deadlines {
             self.deadlines.insert((*t, r.tag.clone(), ws.clone()));
         }
+        if let Some(due) = old.notice_due {
+            self.notices.remove(&(due, r.tag.clone()));
+        }
+        if let Some(due) = r.notice_due {
+            self.notices.insert((due, r.tag.clone()));
+        }
         self.graphs.insert(
             r.tag,
             Entry {
@@ -172,6 +193,7 @@ impl State {
                 data: r.data.into(),
                 pointers: r.pointers,
                 deadlines: r.deadlines,
+                notice_due: r.notice_due,
                 expires_ms: r.expires_ms,
             },
         );
@@ -184,6 +206,9 @@ impl State {
             }
             for (t, ws) in old.deadlines {
                 self.deadlines.remove(&(t, tag.to_string(), ws));
+            }
+            if let Some(due) = old.notice_due {
+                self.notices.remove(&(due, tag.to_string()));
             }
         }
     }
@@ -200,7 +225,7 @@ async fn commit(
 ) -> Result<(), StoreError> {
     let written = inner
         .durable
-        .put(Record {
+        .write(Record {
             kind: Kind::SessionGraph,
             key: record.tag.clone(),
             version: version as i64,
@@ -247,6 +272,7 @@ impl GraphStore for LocalGraphs {
     fn save<'a>(
         &'a self,
         expected: u64,
+        _previous: Option<&'a GraphRecord>,
         record: &'a GraphRecord,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         enum Next {
@@ -293,9 +319,7 @@ impl GraphStore for LocalGraphs {
             ));
             match task.await {
                 Ok(written) => written.map(|()| true),
-                Err(_) => Err(StoreError::Write(
-                    "the session-graph commit task failed".into(),
-                )),
+                Err(e) => Err(StoreError::backend("the session-graph commit task", e)),
             }
         })
     }
@@ -310,6 +334,27 @@ impl GraphStore for LocalGraphs {
             .map(|(_, tag, ws)| (tag.clone(), ws.clone()))
             .collect();
         Box::pin(async move { Ok(due) })
+    }
+
+    fn notices_due<'a>(&'a self, now: i64) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let due = self
+            .inner
+            .lock()
+            .notices
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, tag)| tag.clone())
+            .collect();
+        Box::pin(async move { Ok(due) })
+    }
+
+    fn forget<'a>(
+        &'a self,
+        _tag: &'a str,
+        _web: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        // The local indexes follow every save exactly: nothing goes stale.
+        Box::pin(async { Ok(()) })
     }
 
     fn next_deadline(&self) -> Option<i64> {
@@ -347,23 +392,32 @@ mod tests {
                 .map(|d| (d, "ws_1".to_string()))
                 .into_iter()
                 .collect(),
+            notice_due: None,
             expires_ms: i64::MAX,
         }
     }
 
     #[tokio::test]
     async fn saves_are_compare_and_set_and_keep_pointers_and_deadlines_in_step() {
-        let g = LocalGraphs::new(Arc::new(Durable::Nothing));
+        let g = LocalGraphs::new(Arc::new(crate::store::local::Local::memory()));
         assert!(
-            g.save(0, &rec("u", "v1", &["a", "b"], Some(50)))
+            g.save(0, None, &rec("u", "v1", &["a", "b"], Some(50)))
                 .await
                 .unwrap()
         );
         // A writer that loaded before the first save loses.
-        assert!(!g.save(0, &rec("u", "stale", &[], None)).await.unwrap());
+        assert!(
+            !g.save(0, None, &rec("u", "stale", &[], None))
+                .await
+                .unwrap()
+        );
         assert_eq!(g.resolve("a").await.unwrap().as_deref(), Some("u"));
         assert_eq!(g.due(50).await.unwrap().len(), 1);
-        assert!(g.save(1, &rec("u", "v2", &["b", "c"], None)).await.unwrap());
+        assert!(
+            g.save(1, None, &rec("u", "v2", &["b", "c"], None))
+                .await
+                .unwrap()
+        );
         let v = g.load("u").await.unwrap().unwrap();
         assert_eq!((v.version, v.data.as_str()), (2, "v2"));
         assert_eq!(g.resolve("a").await.unwrap(), None, "gone with the entity");

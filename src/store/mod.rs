@@ -1,40 +1,63 @@
-//! Revocation state that must outlive a socket: logout watermarks.
+//! What must outlive a process, and what several nodes must share.
 //!
-//! A watermark is the latest logout of a user or a session. Reads happen on
-//! every connect and must never wait, so the complete set is always held in
-//! memory ([`Watermarks`]); entries expire after the longest token lifetime
-//! the hub accepts, since no token older than that can still be valid.
-//! `embedded` makes the set durable (a redb journal in the data directory,
-//! loaded at start); with `store = "memory"` nothing survives a restart.
+//! The boundary, as Centrifugo draws it between a node and its broker:
 //!
-//! Must not: talk to sockets or decide revocation rules; it stores and answers.
+//! * [`Durable`] — records that must survive a restart: logout watermarks,
+//!   identifiers used once (`jti`s), signing keys. `write` is never
+//!   answered before the record is durable.
+//! * [`Broker`] — what other nodes must hear at once: every logout. A
+//!   node applies what it hears to its own sockets (`revocation`).
+//! * [`graph::GraphStore`] — the Native-to-Web session graph, one record
+//!   per user, changed only by compare-and-set.
+//!
+//! Two implementations of each: in this process (`local`: memory, or the
+//! embedded redb journal, `embedded`), and on Redis (`redis`: a single
+//! server or a Redis Cluster), which several nodes share. The rest of the
+//! hub holds trait objects and never knows which it has.
+//!
+//! Must not: talk to sockets or decide revocation rules; it stores, hands
+//! over and answers.
 
 pub mod embedded;
 pub mod graph;
+pub mod local;
+pub mod redis;
+mod watermarks;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
 
-use crate::registry::{SessionKey, Target, UserKey};
+pub use watermarks::Watermarks;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The kinds of state that must outlive the process. Each has its own key
 /// space (a redb table, a Redis key prefix) and its records expire by
 /// themselves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
-    /// The latest logout of a user or session ([`embedded::StoredEvent`]).
+    /// The latest logout of a user or session ([`StoredEvent`]).
     Watermark,
-    /// A back-channel logout token's `jti` already acted on (key
-    /// `{iss}\x1f{jti}`), kept until the token expires.
+    /// An identifier acted on once (a logout token's or a client
+    /// assertion's `jti`; key `{namespace}\x1f{id}`), kept until it expires.
     LogoutJti,
     /// One user's part of the Native-to-Web session graph (`sessions`),
     /// keyed by the user's tag, versioned by `store::graph`.
     SessionGraph,
+    /// The keys the hub signs with (`auth::keys`), shared by every node.
+    SigningKeys,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Watermark, Kind::LogoutJti, Kind::SessionGraph];
+    pub const ALL: [Kind; 4] = [
+        Kind::Watermark,
+        Kind::LogoutJti,
+        Kind::SessionGraph,
+        Kind::SigningKeys,
+    ];
 
     /// The table / key-prefix name (stable: it is on disk and in Redis).
     pub fn name(self) -> &'static str {
@@ -42,18 +65,15 @@ impl Kind {
             Kind::Watermark => "watermarks",
             Kind::LogoutJti => "logout_jtis",
             Kind::SessionGraph => "user_graphs",
+            Kind::SigningKeys => "signing_keys",
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 
 /// One durable record. A record never replaces one with a higher
 /// `version` (for watermarks: the logout's time), and is gone after
 /// `expires_at_ms`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     #[serde(skip, default = "default_kind")]
     pub kind: Kind,
@@ -69,13 +89,46 @@ fn default_kind() -> Kind {
     Kind::Watermark
 }
 
+/// A logout as it is stored and as it travels between nodes: the event,
+/// with the issuer by name (issuer ids are positions in the config and may
+/// differ between nodes and starts).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub iss: String,
+    /// `"user"` or `"session"`.
+    pub scope: String,
+    /// The user's sub (user scope) or the session's sid (session scope).
+    pub key: String,
+    pub id: String,
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub reason: String,
+    pub at_ms: i64,
+    /// The node that took the trigger waits for acknowledgements: other
+    /// nodes report the acks of their sockets (`Broker::report_ack`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_acks: bool,
+}
+
+impl StoredEvent {
+    /// The key of its watermark record.
+    pub fn watermark_key(&self) -> String {
+        watermark_key(self.scope == "session", &self.iss, &self.key)
+    }
+}
+
+/// The key of a watermark record: scope, issuer (by name), sub or sid.
+pub fn watermark_key(session: bool, iss: &str, key: &str) -> String {
+    let tag = if session { 's' } else { 'u' };
+    format!("{tag}\u{1f}{iss}\u{1f}{key}")
+}
+
 impl Record {
     /// A watermark record, kept until no token it could revoke is valid.
-    pub fn watermark(e: &embedded::StoredEvent, ttl_ms: i64) -> Record {
-        let tag = if e.scope == "session" { 's' } else { 'u' };
+    pub fn watermark(e: &StoredEvent, ttl_ms: i64) -> Record {
         Record {
             kind: Kind::Watermark,
-            key: format!("{tag}\u{1f}{}\u{1f}{}", e.iss, e.key),
+            key: e.watermark_key(),
             version: e.at_ms,
             expires_at_ms: e.at_ms + ttl_ms,
             // A struct of strings and integers always serializes.
@@ -84,19 +137,17 @@ impl Record {
     }
 
     /// The stored event of a watermark record.
-    pub fn as_watermark(&self) -> Option<embedded::StoredEvent> {
+    pub fn as_watermark(&self) -> Option<StoredEvent> {
         (self.kind == Kind::Watermark)
             .then(|| serde_json::from_str(&self.data).ok())
             .flatten()
     }
-}
 
-impl Record {
-    /// A used logout-token `jti`, kept until `expires_at_ms`.
-    pub fn logout_jti(iss: &str, jti: &str, expires_at_ms: i64) -> Record {
+    /// An identifier used once, kept until `expires_at_ms`.
+    pub fn used_once(namespace: &str, id: &str, expires_at_ms: i64) -> Record {
         Record {
             kind: Kind::LogoutJti,
-            key: format!("{iss}\u{1f}{jti}"),
+            key: format!("{namespace}\u{1f}{id}"),
             version: 0,
             expires_at_ms,
             data: String::new(),
@@ -104,16 +155,26 @@ impl Record {
     }
 }
 
-/// Why durable state could not be opened or written.
+/// An error of a store's backend (redb, Redis), kept with its cause.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why durable state could not be opened, read or written.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("store {path}: {reason}")]
+    #[error("store {place}: {reason}")]
     Open {
-        path: std::path::PathBuf,
+        /// The file or URL.
+        place: String,
         reason: String,
+        #[source]
+        cause: Option<Cause>,
     },
-    #[error("the store could not record the logout: {0}")]
-    Write(String),
+    #[error("{backend}: {cause}")]
+    Backend {
+        backend: &'static str,
+        #[source]
+        cause: Cause,
+    },
     #[error("the store is closed (the hub is shutting down)")]
     Closed,
     /// A stored record cannot be read: its owner's operations fail closed.
@@ -122,6 +183,102 @@ pub enum StoreError {
     /// A change kept losing races against others to the same record.
     #[error("too many concurrent changes to the same record; retry")]
     Contention,
+}
+
+impl StoreError {
+    pub fn backend(
+        backend: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Backend {
+            backend,
+            cause: Arc::new(e),
+        }
+    }
+}
+
+/// Records that must survive a restart (and, on Redis, be seen by every node).
+pub trait Durable: Send + Sync {
+    /// Writes `record` unless one of a higher version is stored; returns
+    /// once it is durable.
+    fn write<'a>(&'a self, record: Record) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Writes `record` unless its key exists: whether this call was first
+    /// (across every node sharing the store).
+    fn write_once<'a>(&'a self, record: Record) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// The records of `keys` (of one kind), in order; `None` where none.
+    fn read<'a>(
+        &'a self,
+        kind: Kind,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<Record>>, StoreError>>;
+
+    /// Whether every record was loaded into memory at start, so a miss in
+    /// memory is a miss (the embedded store), or memory is a cache (Redis).
+    fn loaded_at_start(&self) -> bool;
+
+    /// Forgets expired records (the journal; Redis expires keys itself).
+    fn expire<'a>(&'a self, now_ms: i64) -> BoxFuture<'a, Result<usize, StoreError>>;
+
+    /// Finishes pending writes and releases what the store holds.
+    fn close(&self) {}
+}
+
+/// What a node hears from the others.
+#[derive(Debug, Clone)]
+pub enum Heard {
+    /// A logout carried out on another node: apply it to ours.
+    Logout(StoredEvent),
+    /// This node missed logouts the broker no longer holds: its sockets
+    /// must reconnect (and meet the watermarks).
+    Missed,
+}
+
+/// What the other nodes reported of one logout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// Nodes that reported.
+    pub nodes: usize,
+    pub matched: usize,
+    pub delivered: usize,
+    pub acked: usize,
+}
+
+/// Tells every other node what must reach their sockets.
+pub trait Broker: Send + Sync {
+    /// Announces a logout to every other node; returns once the broker has it.
+    fn publish<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Delivers what other nodes publish to `sink` until `stop`.
+    fn follow(
+        self: Arc<Self>,
+        sink: Arc<dyn Fn(Heard) + Send + Sync>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'static, ()>;
+
+    /// Connected and caught up.
+    fn is_ready(&self) -> bool;
+
+    /// How long the node has been cut off from the broker, if it is.
+    fn cut_off_for(&self) -> Option<std::time::Duration>;
+
+    /// Other nodes alive now (they keep a heartbeat).
+    fn other_nodes<'a>(&'a self) -> BoxFuture<'a, Result<usize, StoreError>>;
+
+    /// Reports what a logout heard from another node reached here.
+    fn report_delivery<'a>(
+        &'a self,
+        event_id: &'a str,
+        matched: usize,
+        delivered: usize,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Reports one acknowledgement here of a logout another node took.
+    fn report_ack<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// What the other nodes reported of a logout so far.
+    fn reported<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<Reported, StoreError>>;
 }
 
 /// Whether a logout addressed a user or one session.
@@ -162,104 +319,5 @@ impl LogoutEvent {
     /// it), so tokens up to that many seconds later are revoked too.
     pub fn revokes_iat(&self, iat: i64, leeway: i64) -> bool {
         iat <= self.at_ms.div_euclid(1000) + leeway
-    }
-}
-
-/// The in-memory set of watermarks.
-#[derive(Default)]
-pub struct Watermarks {
-    users: DashMap<UserKey, Arc<LogoutEvent>>,
-    sessions: DashMap<SessionKey, Arc<LogoutEvent>>,
-}
-
-impl Watermarks {
-    /// Records a logout; an older event never replaces a newer one.
-    pub fn record(&self, target: &Target, event: Arc<LogoutEvent>) {
-        match target {
-            Target::User(k) => raise(&self.users, k.clone(), event),
-            Target::Session(k) => raise(&self.sessions, k.clone(), event),
-        }
-    }
-
-    pub fn user(&self, key: &UserKey) -> Option<Arc<LogoutEvent>> {
-        self.users.get(key).map(|e| e.value().clone())
-    }
-
-    pub fn session(&self, key: &SessionKey) -> Option<Arc<LogoutEvent>> {
-        self.sessions.get(key).map(|e| e.value().clone())
-    }
-
-    /// Drops watermarks older than `ttl_ms`.
-    pub fn expire(&self, now_ms: i64, ttl_ms: i64) -> usize {
-        let before = self.users.len() + self.sessions.len();
-        self.users.retain(|_, e| now_ms - e.at_ms < ttl_ms);
-        self.sessions.retain(|_, e| now_ms - e.at_ms < ttl_ms);
-        before - (self.users.len() + self.sessions.len())
-    }
-
-    pub fn len(&self) -> usize {
-        self.users.len() + self.sessions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-fn raise<K: std::hash::Hash + Eq>(
-    map: &DashMap<K, Arc<LogoutEvent>>,
-    key: K,
-    event: Arc<LogoutEvent>,
-) {
-    map.entry(key)
-        .and_modify(|cur| {
-            if event.at_ms >= cur.at_ms {
-                *cur = event.clone();
-            }
-        })
-        .or_insert_with(|| event.clone());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::IssuerId;
-
-    fn ev(at_ms: i64) -> Arc<LogoutEvent> {
-        Arc::new(LogoutEvent {
-            id: format!("e{at_ms}"),
-            scope: Scope::User,
-            sub: Some("alice".into()),
-            sid: None,
-            reason: "test".into(),
-            at_ms,
-        })
-    }
-
-    #[test]
-    fn same_second_counts_as_before() {
-        let e = ev(10_500);
-        assert!(e.revokes_iat(9, 0));
-        assert!(e.revokes_iat(10, 0));
-        assert!(!e.revokes_iat(11, 0));
-        // An issuer whose clock may run 5 s ahead.
-        assert!(e.revokes_iat(15, 5));
-        assert!(!e.revokes_iat(16, 5));
-    }
-
-    #[test]
-    fn watermarks_only_move_forward_and_expire() {
-        let w = Watermarks::default();
-        let key = UserKey {
-            iss: IssuerId(0),
-            sub: "alice".into(),
-        };
-        let t = Target::User(key.clone());
-        w.record(&t, ev(2000));
-        w.record(&t, ev(1000));
-        assert_eq!(w.user(&key).unwrap().at_ms, 2000);
-        assert_eq!(w.expire(2500, 1000), 0);
-        assert_eq!(w.expire(3500, 1000), 1);
-        assert!(w.is_empty());
     }
 }

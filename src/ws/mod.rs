@@ -169,7 +169,7 @@ fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), &'static str> {
             Err("origin_null")
         };
     }
-    if app.allowed_origins.iter().any(|o| o == "*" || o == origin) {
+    if app.origins.sockets.iter().any(|o| o == "*" || o == origin) {
         Ok(())
     } else {
         Err("origin_not_allowed")

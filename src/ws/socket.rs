@@ -243,18 +243,29 @@ async fn enter(app: &App, conn: &Arc<Conn>) -> Option<Exit> {
         // Registered after shutdown's sweep: close it like the others.
         conn.close(CloseCode::ServiceRestart);
     }
-    if let Some(logout) = app
+    let revoked = app
         .revocation
         .revoked_token(conn.iat, &conn.user, conn.session.as_ref())
-    {
-        // A replayed logout: nobody counts its ack, so close at once. Out of
-        // the registry first, as a publish does: once the client reads the
-        // logout, no index holds its socket any more.
-        app.registry.unregister(conn);
-        conn.deliver_logout(&logout);
-        return Some(Exit::Close(CloseCode::LoggedOut));
+        .await;
+    match revoked {
+        Ok(None) => {}
+        Ok(Some(logout)) => {
+            // A replayed logout: nobody counts its ack, so close at once. Out
+            // of the registry first, as a publish does: once the client reads
+            // the logout, no index holds its socket any more.
+            app.registry.unregister(conn);
+            conn.deliver_logout(&logout);
+            return Some(Exit::Close(CloseCode::LoggedOut));
+        }
+        Err(e) => {
+            // The store cannot say (a node cut off from Redis): refuse
+            // rather than guess; the client retries with backoff.
+            tracing::warn!(error = %e, "watermarks unavailable at socket auth");
+            app.registry.unregister(conn);
+            return Some(Exit::Close(CloseCode::TryAgainLater));
+        }
     }
-    if conn.user.iss == app.session_issuer_id
+    if conn.user.iss == app.hub_issuers.session_id
         && let Some(session) = &conn.session
     {
         // The graph is the last word on a hub web session: ended there is

@@ -3,6 +3,7 @@
 //! implementation), and helpers to mint tokens.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pusher;
 pub mod sso;
 

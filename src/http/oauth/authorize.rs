@@ -285,9 +285,7 @@ pub async fn authorize(
             tracing::info!(client = %client.client_id, why, "authorize: login required");
             app.metrics.authorize_outcome("login_required");
             if !ended.is_empty() {
-                let _ = app
-                    .end_web_sessions(&ended, "session_replaced", "revocation")
-                    .await;
+                let _ = app.deliver(&ended).await;
             }
             let mut resp = fail("login_required", why);
             if clear_cookie {

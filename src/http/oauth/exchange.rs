@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 use super::{STT_TOKEN_TYPE, required, transfer_answer, transfer_audience};
 use crate::App;
 use crate::error::OAuthError;
-use crate::registry::{SessionKey, UserKey};
 
 pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
@@ -40,7 +39,7 @@ fn refused(why: impl Into<String>) -> OAuthError {
 }
 
 pub async fn exchange(
-    app: &App,
+    app: &std::sync::Arc<App>,
     p: &HashMap<String, String>,
     client_id: &str,
     ip: IpAddr,
@@ -82,7 +81,7 @@ pub async fn exchange(
         app.metrics.auth_failure("token_exchange", e.reason());
         refused(format!("subject_token refused: {e}"))
     })?;
-    if principal.issuer == app.session_issuer_id {
+    if principal.issuer == app.hub_issuers.session_id {
         return Err(refused(
             "nested Native-to-Web SSO is not allowed: the subject is a transfer-created web session",
         ));
@@ -104,19 +103,11 @@ pub async fn exchange(
         ));
     }
     // A subject token already logged out must not open anything.
-    let user = UserKey {
-        iss: principal.issuer,
-        sub: principal.sub.clone(),
-    };
-    let session = principal.sid.as_deref().map(|sid| SessionKey {
-        iss: principal.issuer,
-        sid: sid.into(),
-    });
-    if app
-        .revocation
-        .revoked_token(principal.iat, &user, session.as_ref())
-        .is_some()
-    {
+    let revoked = app
+        .principal_revoked(&principal)
+        .await
+        .map_err(|e| OAuthError::TemporarilyUnavailable(format!("{e}; retry")))?;
+    if revoked {
         return Err(refused("the subject_token was revoked by a logout"));
     }
     let sid = principal.sid.as_deref().ok_or_else(|| {

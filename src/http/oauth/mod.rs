@@ -121,7 +121,7 @@ fn transfer_audience(app: &App, p: &HashMap<String, String>) -> Result<(), OAuth
 /// Reads and parses a token or revocation request, and authenticates its
 /// client: the parameters and the client id.
 async fn client_request(
-    app: &App,
+    app: &Arc<App>,
     req: Request,
 ) -> Result<(HashMap<String, String>, HeaderMap, String), OAuthError> {
     if req.uri().query().is_some() {
@@ -203,7 +203,7 @@ async fn token(
     }
 }
 
-async fn token_inner(app: &App, peer: SocketAddr, req: Request) -> Result<Value, OAuthError> {
+async fn token_inner(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Value, OAuthError> {
     let (p, headers, client_id) = client_request(app, req).await?;
     let client_id = client_id.as_str();
     let ip = app.sessions.binding.client_ip(peer.ip(), &headers);
@@ -220,7 +220,7 @@ async fn token_inner(app: &App, peer: SocketAddr, req: Request) -> Result<Value,
             } else {
                 let granted = app.sessions.refresh_web(client_id, refresh).await;
                 let granted = refused_after_push(app, granted).await?;
-                Ok(session_token_answer(app, granted).await)
+                session_token_answer(app, granted).await
             }
         }
         exchange::GRANT => exchange::exchange(app, &p, client_id, ip).await,
@@ -234,7 +234,7 @@ async fn token_inner(app: &App, peer: SocketAddr, req: Request) -> Result<Value,
                     required(&p, "code_verifier")?,
                 )
                 .await?;
-            Ok(session_token_answer(app, granted).await)
+            session_token_answer(app, granted).await
         }
         other => Err(OAuthError::UnsupportedGrantType(format!(
             "grant_type {other:?} is not supported"
@@ -261,7 +261,7 @@ async fn revoke(State(app): State<Arc<App>>, req: Request) -> Response {
             .sessions
             .revoke_own_refresh_token(&client_id, token)
             .await?;
-        app.end_web_sessions(&revoked.web_sessions, "session_revoked", "revocation")
+        app.deliver(&revoked.web_sessions)
             .await
             .map_err(|e| OAuthError::TemporarilyUnavailable(format!("{e}; retry")))?;
         Ok(())
@@ -275,21 +275,22 @@ async fn revoke(State(app): State<Arc<App>>, req: Request) -> Response {
 
 /// A refused grant that revoked something on the way (refresh token
 /// reuse): push those logouts before answering.
-async fn refused_after_push<T>(app: &App, r: Result<T, SessionError>) -> Result<T, OAuthError> {
+async fn refused_after_push<T>(
+    app: &Arc<App>,
+    r: Result<T, SessionError>,
+) -> Result<T, OAuthError> {
     if let Err(SessionError::Reuse(revoked)) = &r {
         tracing::warn!(
             sessions = revoked.web_sessions.len(),
             "refresh token reuse detected: its family was revoked"
         );
-        let _ = app
-            .end_web_sessions(&revoked.web_sessions, "refresh_token_reuse", "revocation")
-            .await;
+        let _ = app.deliver(&revoked.web_sessions).await;
     }
     r.map_err(OAuthError::from)
 }
 
 async fn transfer_answer(
-    app: &App,
+    app: &Arc<App>,
     minted: Result<Minted, SessionError>,
 ) -> Result<Value, OAuthError> {
     let minted = refused_after_push(app, minted).await?;
@@ -310,22 +311,26 @@ async fn transfer_answer(
 /// names the issuer too), `sid` = the web session, `aud` = the client,
 /// `slo_transfer: true`, the upstream identity for display, and an `exp`
 /// that never passes the session's absolute expiry.
-async fn session_token_answer(app: &App, g: WebGrant) -> Value {
+async fn session_token_answer(app: &Arc<App>, g: WebGrant) -> Result<Value, OAuthError> {
     let user = UserKey {
-        iss: app.session_issuer_id,
+        iss: app.hub_issuers.session_id,
         sub: g.sub.as_str().into(),
     };
     let session = SessionKey {
-        iss: app.session_issuer_id,
+        iss: app.hub_issuers.session_id,
         sid: g.sid.as_str().into(),
     };
-    let iat = app.revocation.valid_iat_now(&user, Some(&session)).await;
+    let iat = app
+        .revocation
+        .valid_iat_now(&user, Some(&session))
+        .await
+        .map_err(|e| OAuthError::TemporarilyUnavailable(format!("{e}; retry")))?;
     let ttl = app.config.transfer.session_token_ttl_secs;
     let exp = (iat + ttl)
         .min((g.session_expires_ms / 1000) as u64)
         .max(iat + 1);
     let claims = json!({
-        "iss": app.session_signer.iss,
+        "iss": app.hub_issuers.session.iss,
         "sub": g.sub,
         "aud": g.client_id,
         "sid": g.sid,
@@ -337,7 +342,7 @@ async fn session_token_answer(app: &App, g: WebGrant) -> Value {
         "upstream_sub": g.upstream_sub,
     });
     let mut answer = json!({
-        "access_token": app.session_signer.sign(&claims),
+        "access_token": app.hub_issuers.session.sign(&claims),
         "token_type": "Bearer",
         "expires_in": exp.saturating_sub(util::now_secs()),
         "session_id": g.sid,
@@ -345,5 +350,5 @@ async fn session_token_answer(app: &App, g: WebGrant) -> Value {
     if let Some(rt) = g.refresh_token {
         answer["refresh_token"] = json!(rt);
     }
-    answer
+    Ok(answer)
 }

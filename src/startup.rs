@@ -1,0 +1,509 @@
+//! Start-up: binds, opens the store, builds every component of [`App`] in
+//! named steps, starts the background tasks and the server.
+//!
+//! The order matters in two places: the store is opened before anything
+//! is written to the data directory (a second hub on the same directory is
+//! refused before it could overwrite the first one's dev API key), and the
+//! signing keys come from the store when several nodes share it (a token
+//! one node signs must verify on every other).
+//!
+//! Must not: serve anything before the app is complete.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{App, HubIssuers, Origins};
+use crate::auth::dev_issuer::DevIssuer;
+use crate::auth::signer::{Signer, SignerError};
+use crate::auth::{ApiKeys, Authenticator, IssuerId};
+use crate::config::{self, ClientKind, ClientSettings, Config, IssuerSettings, StoreKind};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::revocation::Revocation;
+use crate::server::{self, Capacity, ConnLimits};
+use crate::sessions::{self, Sessions};
+use crate::store::graph::{GraphStore, LocalGraphs};
+use crate::store::{Broker, Durable, Kind, Record, StoreError};
+use crate::util::{self, KeyedLimiter};
+use crate::{auth, background, demo, http, notify, pusher, store, ws};
+
+/// Why the hub could not start. `main` exits with code 2 for all of them.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    #[error("issuers: {0}")]
+    Issuers(String),
+    #[error("the HTTP client cannot be built: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("{0}; refusing to start with an empty store in its place")]
+    Store(#[from] StoreError),
+}
+
+/// A running hub.
+pub struct Hub {
+    app: Arc<App>,
+    /// Where the hub listens.
+    pub addr: SocketAddr,
+    /// The demo apps: (name, address).
+    pub demos: Vec<(&'static str, SocketAddr)>,
+}
+
+/// The listening sockets, bound first so the URLs are known.
+struct Listeners {
+    main: TcpListener,
+    addr: SocketAddr,
+    demos: Vec<(&'static demo::DemoApp, TcpListener)>,
+    demo_addrs: Vec<(&'static str, SocketAddr)>,
+}
+
+/// What the store gave: its parts, and what the embedded one held.
+struct Stores {
+    durable: Arc<dyn Durable>,
+    broker: Option<Arc<dyn Broker>>,
+    graphs: Arc<dyn GraphStore>,
+    stored: Vec<Record>,
+}
+
+fn bind(config: &mut Config) -> Result<Listeners, StartError> {
+    let listener = server::bind(config.listen).map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    // Demo ports follow the configured port; with port 0 (tests) they are
+    // ephemeral too, since the real port's neighbours may be taken.
+    let (demo_a, demo_b) = config.demo_ports();
+    // Port 0 becomes the real port, so URLs follow it.
+    config.listen = addr;
+    let mut demos = Vec::new();
+    if config.dev.demo {
+        for (d, port) in demo::APPS.iter().zip([demo_a, demo_b]) {
+            let at = SocketAddr::new(addr.ip(), port);
+            let l = server::bind(at).map_err(|source| StartError::Bind { addr: at, source })?;
+            demos.push((d, l));
+        }
+    }
+    let demo_addrs = demos
+        .iter()
+        .filter_map(|(d, l)| l.local_addr().ok().map(|a| (d.name, a)))
+        .collect();
+    Ok(Listeners {
+        main: listener,
+        addr,
+        demos,
+        demo_addrs,
+    })
+}
+
+async fn open_store(config: &Config) -> Result<Stores, StartError> {
+    if let Some(url) = &config.cluster {
+        // Redis is the shared store; a local file would diverge between nodes.
+        let redis = store::redis::Redis::connect(url).await?;
+        tracing::info!(redis = %redis.place, "cluster: sharing state through Redis");
+        return Ok(Stores {
+            durable: redis.clone(),
+            broker: Some(Arc::new(store::redis::RedisBroker::new(redis.clone()))),
+            graphs: Arc::new(store::redis::RedisGraphs::new(redis)),
+            stored: Vec::new(),
+        });
+    }
+    let (durable, stored): (Arc<dyn Durable>, Vec<Record>) = match config.store {
+        StoreKind::Embedded => {
+            let (journal, stored) = store::embedded::open(&config.data_dir)?;
+            tracing::info!(
+                path = %config.data_dir.join("slo-hub.redb").display(),
+                records = stored.len(),
+                "store opened"
+            );
+            (Arc::new(store::local::Local::embedded(journal)), stored)
+        }
+        StoreKind::Memory => {
+            tracing::warn!(
+                "store = \"memory\": nothing survives a restart: logouts are kept in this process only, and after a restart revoked tokens work again until they expire"
+            );
+            (Arc::new(store::local::Local::memory()), Vec::new())
+        }
+    };
+    let graphs = LocalGraphs::new(durable.clone());
+    sessions::restore(&graphs, &stored);
+    Ok(Stores {
+        durable,
+        broker: None,
+        graphs: Arc::new(graphs),
+        stored,
+    })
+}
+
+/// A key the hub signs with (`name`: `session` or `dev`): a file in the
+/// data directory, or, when nodes share a store, one key in it that the
+/// first node creates and every node uses.
+async fn signer(
+    config: &Config,
+    stores: &Stores,
+    name: &str,
+    file: &str,
+    iss: String,
+) -> Result<Signer, StartError> {
+    if config.cluster.is_none() {
+        return Ok(Signer::load_or_create(&config.data_dir, file, name, iss)?);
+    }
+    let keys = [name.to_string()];
+    for _ in 0..3 {
+        if let Some(r) = stores
+            .durable
+            .read(Kind::SigningKeys, &keys)
+            .await?
+            .remove(0)
+        {
+            let pkcs8 = B64.decode(&r.data).unwrap_or_default();
+            return Signer::from_pkcs8(&pkcs8, name, iss).ok_or_else(|| {
+                StartError::Store(StoreError::Corrupt(format!(
+                    "the shared {name} signing key is not an Ed25519 key"
+                )))
+            });
+        }
+        let fresh = Record {
+            kind: Kind::SigningKeys,
+            key: keys[0].clone(),
+            version: 0,
+            expires_at_ms: i64::MAX / 2,
+            data: B64.encode(Signer::generate_pkcs8()),
+        };
+        // The first node to start creates it; the others read that one.
+        stores.durable.write_once(fresh).await?;
+    }
+    Err(StartError::Store(StoreError::Contention))
+}
+
+/// The issuers the hub trusts, its own among them: (every issuer's
+/// settings, the hub's own, the names native sessions may be rooted at).
+async fn build_issuers(
+    config: &Config,
+    public_url: &str,
+    clients: &[ClientSettings],
+    stores: &Stores,
+) -> Result<(Vec<IssuerSettings>, HubIssuers, Vec<String>), StartError> {
+    let mut issuers = config.issuers.clone();
+    let mut dev = None;
+    let mut dev_id = None;
+    if config.dev.issuer {
+        let key = signer(
+            config,
+            stores,
+            "dev",
+            crate::auth::dev_issuer::KEY_FILE,
+            format!("{public_url}/dev"),
+        )
+        .await?;
+        let d = DevIssuer::with_signer(key);
+        dev_id = Some(IssuerId(issuers.len() as u16));
+        issuers.push(d.issuer_settings());
+        if !config.is_dev() {
+            tracing::warn!(
+                "the dev issuer is enabled in production mode: it answers loopback clients only; turn it off (dev.issuer = false) for real deployments"
+            );
+        }
+        dev = Some(d);
+    }
+    // Native sessions are rooted at these issuers (not the hub's own).
+    let roots: Vec<String> = issuers.iter().map(|i| i.issuer.clone()).collect();
+    check_issuer_tags(&roots)?;
+    let session = Arc::new(
+        signer(
+            config,
+            stores,
+            "session",
+            "hub-session.ed25519.pk8",
+            public_url.to_string(),
+        )
+        .await?,
+    );
+    let session_id = IssuerId(issuers.len() as u16);
+    let mut audiences: Vec<String> = clients
+        .iter()
+        .filter(|c| c.kind == ClientKind::Web)
+        .map(|c| c.client_id.clone())
+        .collect();
+    if audiences.is_empty() {
+        // No web client: no session token can be issued; keep the issuer valid.
+        audiences.push("slo-hub-session".into());
+    }
+    issuers.push(session.issuer_settings(audiences));
+    let own = HubIssuers {
+        dev,
+        dev_id,
+        session,
+        session_id,
+    };
+    Ok((issuers, own, roots))
+}
+
+/// Hub subjects name their issuer by a 32-bit tag (`sessions::hub_subject`):
+/// two configured issuers with one tag would share their users.
+fn check_issuer_tags(issuers: &[String]) -> Result<(), StartError> {
+    let mut seen = std::collections::HashMap::new();
+    for iss in issuers {
+        if let Some(other) = seen.insert(sessions::issuer_tag(iss), iss) {
+            return Err(StartError::Issuers(format!(
+                "{other:?} and {iss:?} have the same subject tag; rename one"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn build_origins(
+    config: &Config,
+    public_url: &str,
+    demos: &[(&'static str, SocketAddr)],
+    clients: &[ClientSettings],
+) -> Origins {
+    let mut sockets = config.ws.allowed_origins.clone();
+    if config.is_dev() {
+        sockets.push(public_url.to_string());
+        for (_, a) in demos {
+            sockets.push(format!("http://{a}"));
+            sockets.push(format!("http://localhost:{}", a.port()));
+        }
+    }
+    for o in clients.iter().flat_map(|c| &c.allowed_origins) {
+        if !sockets.contains(o) {
+            sockets.push(o.clone());
+        }
+    }
+    let cors = if config.http.cors_origins.is_empty() {
+        sockets.clone()
+    } else {
+        config.http.cors_origins.clone()
+    };
+    Origins { sockets, cors }
+}
+
+/// The authenticator, with the configured API keys and, in dev mode, a
+/// fresh key written to a 0600 file (written only now: the store is open,
+/// so this is the only hub on this data directory).
+async fn build_auth(
+    config: &Config,
+    issuers: &[IssuerSettings],
+) -> Result<(Authenticator, Option<PathBuf>), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let mut api_keys = ApiKeys::new(&config.api_keys);
+    let mut dev_api_key_file = None;
+    if config.is_dev() {
+        let (key, _) = auth::api_keys::generate();
+        let path = config.data_dir.join("dev-api-key");
+        util::write_private_file(&path, format!("{key}\n").as_bytes()).map_err(|source| {
+            StartError::DataDir {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        api_keys.add("dev", &key, config::API_SCOPES);
+        dev_api_key_file = Some(path);
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let auth = Authenticator::new(issuers, api_keys, config.max_token_lifetime_secs, http)
+        .map_err(StartError::Issuers)?;
+    auth.load_keys().await;
+    Ok((auth, dev_api_key_file))
+}
+
+/// How far each issuer's clock may run ahead of ours, by id (the hub's
+/// own issuers share its clock).
+fn leeways(issuers: &[IssuerSettings], own: &HubIssuers) -> Vec<i64> {
+    let hub_issued = [own.dev_id, Some(own.session_id)];
+    issuers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if hub_issued.contains(&Some(IssuerId(i as u16))) {
+                0
+            } else {
+                s.leeway_secs as i64
+            }
+        })
+        .collect()
+}
+
+impl Hub {
+    /// Binds, wires every part and starts serving.
+    pub async fn start(mut config: Config) -> Result<Hub, StartError> {
+        auth::crypto::install();
+        let listeners = bind(&mut config)?;
+        let public_url = config.public_url();
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let stores = open_store(&config).await?;
+        let clients = sso_clients(&config, &listeners.demo_addrs);
+        let (issuers, hub_issuers, roots) =
+            build_issuers(&config, &public_url, &clients, &stores).await?;
+        let origins = build_origins(&config, &public_url, &listeners.demo_addrs, &clients);
+        let (auth, dev_api_key_file) = build_auth(&config, &issuers).await?;
+
+        let metrics = Arc::new(Metrics::new());
+        let windows = Arc::new(ws::window::Windows::new(config.relogin_window()));
+        let registry = Arc::new(Registry::new(metrics.connections.clone(), windows.clone()));
+        let revocation = Revocation::new(
+            registry.clone(),
+            metrics.clone(),
+            config.max_token_lifetime_secs,
+            stores.durable.clone(),
+            stores.broker.clone(),
+            issuers.iter().map(|i| i.issuer.clone()).collect(),
+            leeways(&issuers, &hub_issuers),
+        );
+        let restored = revocation.restore(&stores.stored);
+        if restored > 0 {
+            tracing::info!(restored, "watermarks restored");
+        }
+        let sessions = Sessions::new(&config, &clients, stores.graphs.clone(), &roots);
+        let capacity = Capacity::of(&config);
+        tracing::info!(
+            max_connections = capacity.max_total,
+            per_address = capacity.max_per_ip,
+            fd_limit = capacity.fd_limit,
+            fd_reserve = capacity.reserve,
+            "connection limits"
+        );
+        let tasks = TaskTracker::new();
+        let notifier = notify::Notifier::new(
+            &config.notify,
+            &clients,
+            hub_issuers.session.clone(),
+            metrics.clone(),
+        )?;
+        let client_auth =
+            auth::clients::ClientAuth::new(&clients, &public_url).map_err(StartError::Issuers)?;
+        let app = Arc::new(App {
+            limits: Arc::new(ConnLimits::new(&config, capacity)),
+            user_trigger_limits: KeyedLimiter::new(
+                config.limits.user_triggers_per_sec,
+                config.limits.user_trigger_burst,
+            ),
+            auth,
+            client_auth,
+            hub_issuers,
+            origins,
+            registry,
+            revocation,
+            sessions,
+            notifier,
+            pusher: pusher::Pusher::new(&config.pusher_apps),
+            broker: stores.broker,
+            metrics,
+            woken: ws::parked::Woken::start(tasks.clone()),
+            tasks,
+            shutdown: CancellationToken::new(),
+            dev_api_key_file,
+            next_conn: AtomicU64::new(1),
+            config,
+        });
+        background::spawn_all(&app, windows);
+        let Listeners {
+            main,
+            addr,
+            demos: demo_listeners,
+            demo_addrs,
+        } = listeners;
+        for (d, l) in demo_listeners {
+            demo::spawn(&app, d, l, &public_url);
+        }
+        let mut router = http::router(app.clone());
+        if app.config.dev.demo {
+            router = router.merge(demo::native_sim(&app, &demo_addrs));
+        }
+        app.tasks.spawn(server::serve(app.clone(), main, router));
+        Ok(Hub {
+            app,
+            addr,
+            demos: demo_addrs,
+        })
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// `http://host:port` of the hub.
+    pub fn url(&self) -> String {
+        self.app.config.public_url()
+    }
+
+    /// Graceful shutdown: stop accepting, finish in-flight requests, close
+    /// sockets with 1012, and wait (at most `deadline`) for every task.
+    pub async fn shutdown(self, deadline: Duration) {
+        self.app.shutdown.cancel();
+        ws::close_all_for_restart(&self.app);
+        self.app.tasks.close();
+        if tokio::time::timeout(deadline, self.app.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown deadline passed with {} tasks still running",
+                self.app.tasks.len()
+            );
+        }
+        // Every socket woken above was polled (the tracker counted them).
+        self.app.woken.stop();
+        // Last: in-flight triggers above have had their commits.
+        self.app.revocation.close_store();
+    }
+}
+
+/// The registered clients; in dev mode with none configured, the demo's:
+/// `native-sim` (mints transfer tokens) and the demo apps as web clients
+/// (with their front-channel logout pages and post-logout addresses).
+fn sso_clients(config: &Config, demos: &[(&'static str, SocketAddr)]) -> Vec<ClientSettings> {
+    if !config.is_dev() || !config.clients.is_empty() {
+        return config.clients.clone();
+    }
+    let mut native = ClientSettings::new("native-sim", ClientKind::Native);
+    native.can_create_session_transfer_token = true;
+    let mut clients = vec![native];
+    for (name, addr) in demos {
+        let mut web = ClientSettings::new(name, ClientKind::Web);
+        for host in [addr.ip().to_string(), "localhost".into()] {
+            let origin = format!("http://{host}:{}", addr.port());
+            web.redirect_uris.push(format!("{origin}/"));
+            web.post_logout_redirect_uris.push(format!("{origin}/"));
+            web.allowed_origins.push(origin);
+        }
+        // The address the hub prints, so the iframe shares the app's storage.
+        web.frontchannel_logout_uri =
+            Some(format!("http://{addr}{}", demo::FRONTCHANNEL_LOGOUT_PATH));
+        web.allow_refresh_token = true;
+        clients.push(web);
+    }
+    clients
+}
