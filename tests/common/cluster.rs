@@ -38,6 +38,9 @@ impl RedisServer {
     /// Starts a server persisting to `dir` (AOF, fsync always), so a
     /// restart keeps what it had; `cluster`: as a Redis Cluster node.
     pub fn start(bin: &Path, dir: &Path, port: u16, cluster: bool) -> RedisServer {
+        // A directory per server: AOF and cluster files must not be shared.
+        let own = dir.join(format!("redis-{port}"));
+        std::fs::create_dir_all(&own).unwrap();
         let mut cmd = Command::new(bin);
         cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args([
@@ -49,9 +52,11 @@ impl RedisServer {
                 "always",
             ])
             .arg("--dir")
-            .arg(dir);
+            .arg(&own);
         if cluster {
+            // Replicas sync at once (not after the default 5 s delay).
             cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--repl-diskless-sync-delay", "0"])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
         }
         let child = cmd
@@ -143,7 +148,38 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { servers };
         cluster.wait_ok();
+        // A replica that never synced will not take over: wait for every link.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for s in &cluster.servers {
+            while s.cli(&["info", "replication"]).contains("role:slave")
+                && !s
+                    .cli(&["info", "replication"])
+                    .contains("master_link_status:up")
+            {
+                assert!(Instant::now() < deadline, "a replica did not sync");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         cluster
+    }
+
+    /// Kills the master `victim` and waits until a replica serves its slots.
+    pub fn fail_over(&mut self, victim: usize) {
+        let addr = format!("127.0.0.1:{}@", self.servers[victim].port);
+        self.servers[victim].kill();
+        let alive = (victim + 1) % self.servers.len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // Its line in CLUSTER NODES: flagged fail, and no slots left.
+            let nodes = self.servers[alive].cli(&["cluster", "nodes"]);
+            let line = nodes.lines().find(|l| l.contains(&addr)).unwrap_or("");
+            if line.contains("fail") && line.split_whitespace().count() == 8 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no replica took over: {nodes}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_ok();
     }
 
     /// Waits until every node says the cluster is ok.
