@@ -6,6 +6,8 @@
 //! * `expire_web_sessions` — ends web sessions at their deadline and
 //!   pushes their logout at that moment;
 //! * `logout::outbox` — notices that fell due;
+//! * Pusher: the subscription task (joins and leaves in order) and the
+//!   presence sweep (a dead node's members removed);
 //! * the broker's follower (other nodes' logouts), the JWKS refreshers,
 //!   the heartbeat sweep and the re-login windows (`ws`).
 //!
@@ -26,6 +28,13 @@ pub fn spawn_all(app: &Arc<App>, windows: Arc<crate::ws::window::Windows>) {
     app.tasks.spawn(maintenance(app.clone()));
     app.tasks.spawn(expire_web_sessions(app.clone()));
     app.tasks.spawn(crate::logout::outbox(app.clone()));
+    app.tasks
+        .spawn(crate::pusher::subscriptions::run(app.clone()));
+    let vanished = app.clone();
+    app.tasks.spawn(app.pusher.presence().clone().maintain(
+        Arc::new(move |v| crate::pusher::vanished(&vanished, v)),
+        app.shutdown.clone(),
+    ));
     if let Some(broker) = app.broker.clone() {
         let heard = app.clone();
         let sink: Arc<dyn Fn(crate::store::Heard) + Send + Sync> = Arc::new(move |h| heard.hear(h));

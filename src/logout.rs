@@ -292,6 +292,7 @@ impl App {
     /// socket of this node to reconnect.
     pub fn hear(&self, heard: Heard) {
         match heard {
+            Heard::Pusher(message) => self.pusher.heard(message),
             Heard::Logout(event) => {
                 let reason = event.reason.clone();
                 let Some(applied) = self.revocation.apply_remote(event) else {

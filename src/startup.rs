@@ -32,6 +32,7 @@ use crate::revocation::Revocation;
 use crate::server::{self, Capacity, ConnLimits};
 use crate::sessions::{self, Sessions};
 use crate::store::graph::{GraphStore, LocalGraphs};
+use crate::store::presence::{LocalPresence, Presence};
 use crate::store::{Broker, Durable, Kind, Record, StoreError};
 use crate::util::{self, KeyedLimiter};
 use crate::{auth, background, demo, http, notify, pusher, store, ws};
@@ -81,6 +82,7 @@ struct Stores {
     durable: Arc<dyn Durable>,
     broker: Option<Arc<dyn Broker>>,
     graphs: Arc<dyn GraphStore>,
+    presence: Arc<dyn Presence>,
     stored: Vec<Record>,
 }
 
@@ -126,7 +128,8 @@ async fn open_store(config: &Config) -> Result<Stores, StartError> {
         return Ok(Stores {
             durable: redis.clone(),
             broker: Some(Arc::new(store::redis::RedisBroker::new(redis.clone()))),
-            graphs: Arc::new(store::redis::RedisGraphs::new(redis)),
+            graphs: Arc::new(store::redis::RedisGraphs::new(redis.clone())),
+            presence: Arc::new(store::redis::RedisPresence::new(redis)),
             stored: Vec::new(),
         });
     }
@@ -153,6 +156,7 @@ async fn open_store(config: &Config) -> Result<Stores, StartError> {
         durable,
         broker: None,
         graphs: Arc::new(graphs),
+        presence: Arc::new(LocalPresence::default()),
         stored,
     })
 }
@@ -418,7 +422,11 @@ impl Hub {
             revocation,
             sessions,
             notifier,
-            pusher: pusher::Pusher::new(&config.pusher_apps),
+            pusher: pusher::Pusher::new(
+                &config.pusher_apps,
+                stores.presence,
+                stores.broker.clone(),
+            ),
             broker: stores.broker,
             metrics,
             woken: ws::parked::Woken::start(tasks.clone()),

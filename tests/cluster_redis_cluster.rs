@@ -1,6 +1,7 @@
 //! Hub nodes on a real Redis Cluster (three masters, each with a replica,
 //! made with `redis-cli --cluster create`): logouts and Native-to-Web SSO
-//! across the nodes with keys spread over the shards, and the master that
+//! across the nodes with keys spread over the shards, Pusher presence, and
+//! the master that
 //! holds the logout stream killed: its replica takes over, the nodes carry
 //! on, and no logout answered 2xx is forgotten.
 
@@ -8,7 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Node, RedisCluster, node_config, redis_bin};
+use common::cluster::{Node, RedisCluster, pusher_config, redis_bin};
+use common::pusher::{self, join, socket};
 use common::sso::{AUD, CB, pkce};
 use common::{API_KEY, TEST_ISS, Ws, hs256_token};
 use serde_json::json;
@@ -22,7 +24,7 @@ async fn nodes_on_a_redis_cluster_share_everything_and_survive_a_master_failover
     slo_hub::auth::crypto::install();
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisCluster::start(&bin, dir.path(), 3, 1);
-    let config = node_config(&redis.url(), "");
+    let config = pusher_config(&redis.url());
     let n = [Node::start(&config), Node::start(&config)];
 
     // Logouts across the nodes, users' keys on every shard.
@@ -90,6 +92,22 @@ async fn nodes_on_a_redis_cluster_share_everything_and_survive_a_master_failover
         .await;
     assert_eq!(s, 200, "{login}");
     let mut web = n[0].socket(login["access_token"].as_str().unwrap()).await;
+
+    // Pusher presence (one hash-tagged slot): joined on one node, seen on
+    // the other, and its member_added crosses.
+    let (mut p0, id0) = socket(&n[0].base).await;
+    join(&mut p0, &id0, "presence-c", "ann").await;
+    let (mut p1, id1) = socket(&n[1].base).await;
+    let joined = join(&mut p1, &id1, "presence-c", "ben").await;
+    assert_eq!(joined["presence"]["count"], 2, "{joined}");
+    assert_eq!(
+        p0.recv_json().await["event"],
+        "pusher_internal:member_added"
+    );
+    assert_eq!(
+        pusher::users(&n[0].base, "presence-c").await,
+        ["ann", "ben"]
+    );
 
     // The master holding the logout stream dies; its replica takes over.
     let victim = redis.master_of("slo:logouts");

@@ -75,17 +75,22 @@ async fn peers_that_stop_reading_pin_bounded_kernel_memory() {
     for _ in 0..SUBSCRIBERS {
         silent.push(silent_subscriber(addr).await);
     }
-    let channels = hub.app().pusher.channels();
+    let presence = hub.app().pusher.presence();
+    let subscribed = || async {
+        presence
+            .channels(APP_ID, "flood")
+            .await
+            .unwrap()
+            .first()
+            .map(|c| c.1)
+    };
     for _ in 0..500 {
-        if channels
-            .info(0, "flood")
-            .is_some_and(|(n, _)| n == SUBSCRIBERS)
-        {
+        if subscribed().await == Some(SUBSCRIBERS as u64) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(channels.info(0, "flood").map(|(n, _)| n), Some(SUBSCRIBERS));
+    assert_eq!(subscribed().await, Some(SUBSCRIBERS as u64));
 
     let data = "x".repeat(EVENT_BYTES);
     let mut peak = 0;

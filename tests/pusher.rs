@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::pusher::*;
-use common::{API_KEY, TEST_ISS, TestHub, Ws, require_program};
+use common::{TestHub, Ws, require_program};
 use serde_json::{Value, json};
 
 fn now() -> u64 {
@@ -17,80 +15,20 @@ fn now() -> u64 {
 
 #[tokio::test]
 async fn pusher_js_and_the_pusher_sdk_run_every_feature_and_the_seed_sample() {
-    let Some(node) = require_program("node", &["/usr/bin/node"]) else {
-        return;
-    };
-    let Some(dir) = common::require_node_packages() else {
-        return;
-    };
     let hub = TestHub::with(pusher_app).await;
     let port = hub.url.rsplit(':').next().unwrap().to_string();
-    let out = tokio::process::Command::new(node)
-        .arg("pusher-scenario.mjs")
-        .current_dir(&dir)
-        .env("HUB_HOST", "127.0.0.1")
-        .env("HUB_PORT", &port)
-        .env("APP_ID", APP_ID)
-        .env("APP_KEY", APP_KEY)
-        .env("APP_SECRET", APP_SECRET)
-        .env("HUB_API_KEY", API_KEY)
-        .env("LOGOUT_ISS", TEST_ISS)
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
-        .await
-        .expect("the scenario finished")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let steps: Vec<Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert!(out.status.success(), "scenario failed:\n{stdout}");
-    let step = |name: &str| -> &Value {
-        steps
-            .iter()
-            .find(|s| s["step"] == name)
-            .unwrap_or_else(|| panic!("no step {name}:\n{stdout}"))
-    };
-    assert_eq!(step("seed_sample_slo_event")["data"], json!({"slo": true}));
-    assert_eq!(step("private_event")["data"], json!({"n": 1}));
-    assert_eq!(step("forged_refused")["status"], 401);
-    let p = step("presence");
-    assert_eq!(
-        (&p["first_count"], &p["second_count"], &p["added"], &p["me"]),
-        (&json!(1), &json!(2), &json!("bob"), &json!("bob"))
-    );
-    assert_eq!(p["added_info"], json!({"name": "BOB"}));
-    let q = step("channel_queries");
-    assert_eq!(
-        q["users"],
-        json!({"users": [{"id": "alice"}, {"id": "bob"}]})
-    );
-    assert_eq!(
-        q["list"],
-        json!({"channels": {"presence-room": {"user_count": 2}}})
-    );
-    assert_eq!(
-        q["one"],
-        json!({"occupied": true, "user_count": 2, "subscription_count": 2})
-    );
-    assert_eq!(step("client_event")["data"], json!({"who": "alice"}));
-    assert_eq!(
-        (&step("batch")["a"], &step("batch")["b"]),
-        (&json!({"i": 1}), &json!({"i": 2}))
-    );
-    assert_eq!(step("member_removed")["id"], "bob");
-    assert_eq!(step("send_to_user")["data"], json!({"to": "bob"}));
-    assert_ne!(step("terminated")["state"], "connected");
-    let bridged = step("bridged_logout");
-    assert_eq!(bridged["data"]["slo"], true, "{bridged}");
-    assert_eq!(bridged["close_code"], 4009, "{bridged}");
-    step("done");
+    if run_scenario(&[port]).await.is_none() {
+        return;
+    }
     // Every socket left: no channel or user entry remains.
-    let ch = hub.app().pusher.channels();
-    assert!(ch.list(0, "").is_empty(), "{:?}", ch.list(0, ""));
+    let left = hub
+        .app()
+        .pusher
+        .presence()
+        .channels(APP_ID, "")
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]
@@ -321,7 +259,15 @@ async fn the_python_sdk_triggers_queries_and_terminates() {
         );
     }
     assert_eq!(ws.close_code().await, Some(4009));
-    assert!(hub.app().pusher.channels().list(0, "").is_empty());
+    assert!(
+        hub.app()
+            .pusher
+            .presence()
+            .channels(APP_ID, "")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The seed article's SPA side in a real headless Chromium: the web build
@@ -490,8 +436,13 @@ async fn presence_channels_hold_100_members_with_at_most_1_kb_of_info_each() {
         "pusher_internal:subscription_succeeded"
     );
     assert_eq!(
-        hub.app().pusher.channels().info(0, "presence-big"),
-        Some((101, 100))
+        hub.app()
+            .pusher
+            .presence()
+            .channels(APP_ID, "presence-big")
+            .await
+            .unwrap(),
+        vec![("presence-big".to_string(), 101, 100)]
     );
 
     let (mut big, id) = raw_socket(&hub).await;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
-use super::protocol::{self, ChannelKind, PusherCode};
+use super::protocol::{self, ChannelKind};
 use crate::App;
 use crate::config::PusherAppSettings;
 use crate::error::ErrorCode;
@@ -70,6 +70,15 @@ impl IntoResponse for PusherHttpError {
 
 fn bad(message: impl Into<String>) -> PusherHttpError {
     PusherHttpError(StatusCode::BAD_REQUEST, "bad_request", message.into())
+}
+
+/// The shared store could not answer (a cluster whose Redis is away).
+fn unavailable(e: crate::store::StoreError) -> PusherHttpError {
+    PusherHttpError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("The cluster store did not answer: {e}"),
+    )
 }
 
 fn unauthorized(message: impl Into<String>) -> PusherHttpError {
@@ -222,25 +231,51 @@ fn check(settings: &PusherAppSettings, ev: Event) -> Result<Checked, PusherHttpE
     })
 }
 
-/// Sends a checked event; answers its channels' info if it asked for it.
-fn send(app: &App, index: usize, ev: &Checked) -> Option<Map<String, Value>> {
+/// Sends a checked event (on every node); answers its channels' info if
+/// it asked for it.
+async fn send(
+    app: &App,
+    index: usize,
+    ev: &Checked,
+) -> Result<Option<Map<String, Value>>, PusherHttpError> {
     for c in &ev.channels {
-        let frame = protocol::event_frame(&ev.name, Some(c), &ev.data);
+        let text = protocol::event_text(&ev.name, Some(c), &ev.data);
         app.pusher
-            .channels()
-            .publish(index, c, &frame, ev.socket_id.as_deref());
+            .publish(index, c, text, ev.socket_id.as_deref())
+            .await;
     }
-    let want = ev.info.as_deref()?;
-    Some(
-        ev.channels
-            .iter()
-            .map(|c| (c.clone(), channel_info(app, index, c, want)))
-            .collect(),
-    )
+    let Some(want) = ev.info.as_deref() else {
+        return Ok(None);
+    };
+    let mut out = Map::new();
+    for c in &ev.channels {
+        out.insert(c.clone(), channel_info(app, index, c, want).await?);
+    }
+    Ok(Some(out))
 }
 
-fn channel_info(app: &App, index: usize, name: &str, want: &str) -> Value {
-    let (subs, users) = app.pusher.channels().info(index, name).unwrap_or((0, 0));
+/// (sockets, presence users) of one channel, cluster-wide.
+async fn occupancy(app: &App, index: usize, name: &str) -> Result<(u64, u64), PusherHttpError> {
+    let id = &app.pusher.apps()[index].id;
+    let found = app
+        .pusher
+        .presence()
+        .channels(id, name)
+        .await
+        .map_err(unavailable)?;
+    Ok(found
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map_or((0, 0), |(_, s, u)| (s, u)))
+}
+
+async fn channel_info(
+    app: &App,
+    index: usize,
+    name: &str,
+    want: &str,
+) -> Result<Value, PusherHttpError> {
+    let (subs, users) = occupancy(app, index, name).await?;
     let mut v = Map::new();
     for attr in want.split(',') {
         match attr.trim() {
@@ -253,7 +288,7 @@ fn channel_info(app: &App, index: usize, name: &str, want: &str) -> Value {
             _ => {}
         }
     }
-    Value::Object(v)
+    Ok(Value::Object(v))
 }
 
 async fn events(
@@ -263,7 +298,7 @@ async fn events(
 ) -> Result<axum::Json<Value>, PusherHttpError> {
     let (index, body, _) = verified(&app, &id, req).await?;
     let ev = check(&app.pusher.apps()[index], json_body(&body)?)?;
-    Ok(axum::Json(match send(&app, index, &ev) {
+    Ok(axum::Json(match send(&app, index, &ev).await? {
         Some(info) => json!({ "channels": info }),
         None => json!({}),
     }))
@@ -294,14 +329,14 @@ async fn batch_events(
         checked.push(check(settings, ev)?);
     }
     let any_info = checked.iter().any(|e| e.info.is_some());
-    let answers: Vec<Value> = checked
-        .iter()
-        .map(|ev| {
-            // One channel each: its info, if asked for.
-            let info = send(&app, index, ev).and_then(|m| m.into_iter().next());
-            info.map_or_else(|| json!({}), |(_, v)| v)
-        })
-        .collect();
+    let mut answers: Vec<Value> = Vec::with_capacity(checked.len());
+    for ev in &checked {
+        // One channel each: its info, if asked for.
+        let info = send(&app, index, ev)
+            .await?
+            .and_then(|m| m.into_iter().next());
+        answers.push(info.map_or_else(|| json!({}), |(_, v)| v));
+    }
     Ok(axum::Json(if any_info {
         json!({ "batch": answers })
     } else {
@@ -323,7 +358,13 @@ async fn channels(
         return Err(bad("info=user_count needs filter_by_prefix=presence-"));
     }
     let mut out = Map::new();
-    for (name, _, users) in app.pusher.channels().list(index, &prefix) {
+    let occupied = app
+        .pusher
+        .presence()
+        .channels(&app.pusher.apps()[index].id, &prefix)
+        .await
+        .map_err(unavailable)?;
+    for (name, _, users) in occupied {
         if name.starts_with(protocol::USER_CHANNEL_PREFIX) {
             continue;
         }
@@ -348,8 +389,8 @@ async fn channel(
     if want.split(',').any(|a| a == "user_count") && kind != ChannelKind::Presence {
         return Err(bad("user_count is available for presence channels only"));
     }
-    let (subs, _) = app.pusher.channels().info(index, &name).unwrap_or((0, 0));
-    let mut v = channel_info(&app, index, &name, &want);
+    let (subs, _) = occupancy(&app, index, &name).await?;
+    let mut v = channel_info(&app, index, &name, &want).await?;
     v["occupied"] = Value::from(subs > 0);
     Ok(axum::Json(v))
 }
@@ -365,10 +406,12 @@ async fn channel_users(
     }
     let users: Vec<Value> = app
         .pusher
-        .channels()
-        .members(index, &name)
+        .presence()
+        .members(&app.pusher.apps()[index].id, &name)
+        .await
+        .map_err(unavailable)?
         .into_iter()
-        .map(|id| json!({ "id": id }))
+        .map(|(id, _)| json!({ "id": id }))
         .collect();
     Ok(axum::Json(json!({ "users": users })))
 }
@@ -379,7 +422,8 @@ async fn terminate(
     req: Request,
 ) -> Result<axum::Json<Value>, PusherHttpError> {
     let (index, _, _) = verified(&app, &id, req).await?;
-    terminate_user(&app, index, &user)
+    app.pusher.terminate(index, &user).await;
+    Ok(axum::Json(json!({})))
 }
 
 async fn terminate_unprefixed(
@@ -397,16 +441,6 @@ async fn terminate_unprefixed(
         .map(|i| app.pusher.apps()[i].id.clone())
         .ok_or_else(|| unauthorized("Unknown auth_key"))?;
     let (index, _, _) = verified(&app, &id, req).await?;
-    terminate_user(&app, index, &user)
-}
-
-fn terminate_user(
-    app: &App,
-    index: usize,
-    user: &str,
-) -> Result<axum::Json<Value>, PusherHttpError> {
-    for conn in app.pusher.channels().user_sockets(index, user) {
-        conn.close(PusherCode::Unauthorized);
-    }
+    app.pusher.terminate(index, &user).await;
     Ok(axum::Json(json!({})))
 }

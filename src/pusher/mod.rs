@@ -4,9 +4,13 @@
 //!
 //! * this file — the apps (from `[[pusher_apps]]`), the socket endpoint
 //!   `GET /app/{key}` (protocol and app checks), the logout bridge.
-//! * `socket` — one socket's life; `channels` — subscriptions, presence
-//!   members and signed-in users; `http` — `/apps/{id}/...` with Pusher's
-//!   request signing; `protocol` — frames, codes, names, signatures.
+//! * `socket` — one socket's life; `channels` — this node's sockets by
+//!   channel and signed-in user; `subscriptions` — joins and leaves in
+//!   order, counted cluster-wide (`store::presence`) and announced once;
+//!   `http` — `/apps/{id}/...` with Pusher's request signing; `protocol` —
+//!   frames, codes, names, signatures.
+//! * On several nodes every event goes to the others through the broker
+//!   ([`Pusher::publish`]); each node delivers to its own sockets.
 //!
 //! Must not: touch the logout hub's own sockets or registry (the two meet
 //! only in [`Pusher::user_logged_out`]).
@@ -15,6 +19,7 @@ pub mod channels;
 pub mod http;
 pub mod protocol;
 mod socket;
+pub mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,8 +33,12 @@ use tokio::net::TcpStream;
 
 use crate::App;
 use crate::config::PusherAppSettings;
+use crate::store::presence::{Presence, Vanished};
+use crate::store::{Broker, PusherMessage};
+use crate::ws::codec;
 use channels::Channels;
 use protocol::PusherCode;
+use subscriptions::Subscriptions;
 
 /// The configured apps and who is subscribed where.
 pub struct Pusher {
@@ -37,10 +46,17 @@ pub struct Pusher {
     by_key: HashMap<String, usize>,
     by_id: HashMap<String, usize>,
     channels: Channels,
+    subscriptions: Subscriptions,
+    presence: Arc<dyn Presence>,
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl Pusher {
-    pub fn new(apps: &[PusherAppSettings]) -> Pusher {
+    pub fn new(
+        apps: &[PusherAppSettings],
+        presence: Arc<dyn Presence>,
+        broker: Option<Arc<dyn Broker>>,
+    ) -> Pusher {
         Pusher {
             by_key: apps
                 .iter()
@@ -54,6 +70,9 @@ impl Pusher {
                 .collect(),
             apps: apps.to_vec(),
             channels: Channels::default(),
+            subscriptions: Subscriptions::default(),
+            presence,
+            broker,
         }
     }
 
@@ -71,6 +90,109 @@ impl Pusher {
 
     pub fn channels(&self) -> &Channels {
         &self.channels
+    }
+
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
+    }
+
+    pub fn presence(&self) -> &Arc<dyn Presence> {
+        &self.presence
+    }
+
+    /// Sends an event (its JSON text) to a channel's sockets on every node
+    /// but `except` (a socket id); returns the sockets reached here. The
+    /// other nodes get it through the broker (best-effort, as Pusher's).
+    pub async fn publish(
+        &self,
+        app: usize,
+        channel: &str,
+        text: String,
+        except: Option<&str>,
+    ) -> usize {
+        let here = self
+            .channels
+            .publish(app, channel, &codec::text_frame(&text), except);
+        if let Some(broker) = &self.broker {
+            let message = PusherMessage::Event {
+                app: self.apps[app].id.clone(),
+                channel: channel.to_string(),
+                frame: text,
+                except: except.map(str::to_string),
+            };
+            if let Err(e) = broker.publish_pusher(&message).await {
+                tracing::warn!(error = %e, "pusher: an event did not reach the other nodes");
+            }
+        }
+        here
+    }
+
+    /// Like [`Pusher::publish`], without waiting for the broker (a socket's
+    /// client event).
+    pub fn publish_detached(&self, app: usize, channel: &str, text: String, except: &str) {
+        self.channels
+            .publish(app, channel, &codec::text_frame(&text), Some(except));
+        if let Some(broker) = self.broker.clone() {
+            let message = PusherMessage::Event {
+                app: self.apps[app].id.clone(),
+                channel: channel.to_string(),
+                frame: text,
+                except: Some(except.to_string()),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = broker.publish_pusher(&message).await {
+                    tracing::warn!(error = %e, "pusher: a client event did not reach the other nodes");
+                }
+            });
+        }
+    }
+
+    /// Closes the sockets signed in as `user` on every node (4009).
+    pub async fn terminate(&self, app: usize, user: &str) {
+        for conn in self.channels.user_sockets(app, user) {
+            conn.close(PusherCode::Unauthorized);
+        }
+        if let Some(broker) = &self.broker {
+            let message = PusherMessage::Terminate {
+                app: self.apps[app].id.clone(),
+                user: user.to_string(),
+            };
+            if let Err(e) = broker.publish_pusher(&message).await {
+                tracing::warn!(error = %e, "pusher: a termination did not reach the other nodes");
+            }
+        }
+    }
+
+    /// Tells a presence channel that `user`'s last socket left.
+    pub async fn member_removed(&self, app: usize, channel: &str, user: &str) {
+        let data = json!({ "user_id": user }).to_string();
+        let text = protocol::event_text("pusher_internal:member_removed", Some(channel), &data);
+        self.publish(app, channel, text, None).await;
+    }
+
+    /// What another node sent for this node's sockets.
+    pub fn heard(&self, message: PusherMessage) {
+        match message {
+            PusherMessage::Event {
+                app,
+                channel,
+                frame,
+                except,
+            } => {
+                if let Some(i) = self.app_by_id(&app) {
+                    let frame = codec::text_frame(&frame);
+                    self.channels
+                        .publish(i, &channel, &frame, except.as_deref());
+                }
+            }
+            PusherMessage::Terminate { app, user } => {
+                if let Some(i) = self.app_by_id(&app) {
+                    for conn in self.channels.user_sockets(i, &user) {
+                        conn.close(PusherCode::Unauthorized);
+                    }
+                }
+            }
+        }
     }
 
     /// The bridge: a logout of `sub` by issuer `iss` reaches that user's
@@ -92,6 +214,29 @@ impl Pusher {
             }
         }
         told
+    }
+}
+
+/// What the presence store removed without a leave (a dead node's part,
+/// or ours after a long cut-off), announced from a task of `app`'s.
+pub fn vanished(app: &Arc<App>, v: Vanished) {
+    match v {
+        Vanished::Member {
+            app: id,
+            channel,
+            user_id,
+        } => {
+            let Some(index) = app.pusher.app_by_id(&id) else {
+                return;
+            };
+            let a = app.clone();
+            app.tasks.spawn(async move {
+                a.pusher.member_removed(index, &channel, &user_id).await;
+            });
+        }
+        Vanished::Channel { .. } => {}
+        // Our members are gone from the count: the sockets join again.
+        Vanished::Us => app.pusher.channels.close_subscribed(PusherCode::Restart),
     }
 }
 

@@ -64,11 +64,16 @@ impl PusherCode {
 /// `{"event","channel"?,"data"}` as a text frame; `data` is a JSON string
 /// holding JSON, as Pusher sends it.
 pub fn event_frame(event: &str, channel: Option<&str>, data: &str) -> Vec<u8> {
+    codec::text_frame(&event_text(event, channel, data))
+}
+
+/// The JSON text of an event (what goes between nodes).
+pub fn event_text(event: &str, channel: Option<&str>, data: &str) -> String {
     let mut v = json!({ "event": event, "data": data });
     if let Some(c) = channel {
         v["channel"] = Value::from(c);
     }
-    codec::text_frame(&v.to_string())
+    v.to_string()
 }
 
 /// `pusher:error` (code may be null for errors that do not close).

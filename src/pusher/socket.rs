@@ -19,6 +19,7 @@ use super::channels::PConn;
 use super::protocol::{self, ChannelKind, PusherCode};
 use crate::App;
 use crate::config::PusherAppSettings;
+use crate::store::presence::Member;
 use crate::util::Budget;
 use crate::ws::codec::{self, Decoder, Flow, Message, Role};
 use crate::ws::conn::read_available;
@@ -342,40 +343,32 @@ impl Session<'_> {
             ));
             return;
         }
-        let subscribed = self.app.pusher.channels().subscribe(
-            &self.conn,
-            name,
-            member
-                .as_ref()
-                .map(|(id, info)| (id.as_str(), info.clone())),
-        );
-        let Some(subscribed) = subscribed else {
-            return refuse(
-                out,
-                403,
-                "the presence channel has its maximum of 100 members",
-            );
-        };
+        // Answered by the subscription task, once counted cluster-wide.
+        let member = member.map(|(user_id, info)| Member {
+            user_id,
+            info: info.to_string(),
+        });
+        let identity = member
+            .as_ref()
+            .map(|m| Box::<str>::from(m.user_id.as_str()));
+        if !self
+            .app
+            .pusher
+            .subscriptions()
+            .join(&self.conn, name, member)
+        {
+            return refuse(out, 503, "the hub is busy; retry the subscription");
+        }
         // A repeated subscribe is answered again; it keeps its first identity.
-        self.subscribed
-            .entry(name.into())
-            .or_insert_with(|| member.map(|(id, _)| id.into()));
-        let data = subscribed
-            .presence
-            .map_or_else(|| "{}".to_string(), |p| p.to_string());
-        out.extend(protocol::event_frame(
-            "pusher_internal:subscription_succeeded",
-            Some(name),
-            &data,
-        ));
+        self.subscribed.entry(name.into()).or_insert(identity);
     }
 
     fn unsubscribe(&mut self, name: &str) {
         if let Some(member) = self.subscribed.remove(name) {
             self.app
                 .pusher
-                .channels()
-                .unsubscribe(&self.conn, name, member.as_deref());
+                .subscriptions()
+                .leave(&self.conn, name, member.as_deref());
         }
     }
 
@@ -460,12 +453,11 @@ impl Session<'_> {
         if let Some(id) = member {
             v["user_id"] = Value::from(&**id);
         }
-        let frame = codec::text_frame(&v.to_string());
-        self.app.pusher.channels().publish(
+        self.app.pusher.publish_detached(
             self.conn.app,
             channel,
-            &frame,
-            Some(&self.conn.socket_id),
+            v.to_string(),
+            &self.conn.socket_id,
         );
     }
 

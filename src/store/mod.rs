@@ -9,6 +9,8 @@
 //!   node applies what it hears to its own sockets (`revocation`).
 //! * [`graph::GraphStore`] — the Native-to-Web session graph, one record
 //!   per user, changed only by compare-and-set.
+//! * [`presence::Presence`] — Pusher channel occupancy and presence
+//!   members, counted across nodes.
 //!
 //! Two implementations of each: in this process (`local`: memory, or the
 //! embedded redb journal, `embedded`), and on Redis (`redis`: a single
@@ -21,6 +23,7 @@
 pub mod embedded;
 pub mod graph;
 pub mod local;
+pub mod presence;
 pub mod redis;
 mod watermarks;
 
@@ -233,6 +236,23 @@ pub enum Heard {
     /// This node missed logouts the broker no longer holds: its sockets
     /// must reconnect (and meet the watermarks).
     Missed,
+    /// A Pusher event or command for this node's sockets.
+    Pusher(PusherMessage),
+}
+
+/// What a node's Pusher sockets must hear from another node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum PusherMessage {
+    /// A frame (its JSON text) for a channel's sockets but `except`.
+    Event {
+        app: String,
+        channel: String,
+        frame: String,
+        except: Option<String>,
+    },
+    /// Close every socket signed in as `user` (4009).
+    Terminate { app: String, user: String },
 }
 
 /// What the other nodes reported of one logout.
@@ -249,6 +269,12 @@ pub struct Reported {
 pub trait Broker: Send + Sync {
     /// Announces a logout to every other node; returns once the broker has it.
     fn publish<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Hands a Pusher event to every other node (best-effort, as Pusher's).
+    fn publish_pusher<'a>(
+        &'a self,
+        message: &'a PusherMessage,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Delivers what other nodes publish to `sink` until `stop`.
     fn follow(

@@ -370,3 +370,21 @@ impl Drop for Node {
         }
     }
 }
+
+/// `node_config` with the tests' Pusher app (bridged to the test issuer).
+pub fn pusher_config(redis_url: &str) -> String {
+    use super::pusher::{APP_ID, APP_KEY, APP_SECRET};
+    node_config(
+        redis_url,
+        &format!(
+            r#"
+[[pusher_apps]]
+id = "{APP_ID}"
+key = "{APP_KEY}"
+secret = "{APP_SECRET}"
+enable_client_messages = true
+logout_issuer = "{TEST_ISS}"
+"#
+        ),
+    )
+}

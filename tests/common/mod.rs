@@ -342,8 +342,20 @@ impl Ws {
 
     /// The next meaningful event (pings are answered by tungstenite itself).
     pub async fn next(&mut self) -> Seen {
+        self.next_within(EVENT_TIMEOUT).await
+    }
+
+    /// The next JSON message, waiting up to `limit` for it.
+    pub async fn recv_json_within(&mut self, limit: Duration) -> Value {
+        match self.next_within(limit).await {
+            Seen::Json(v) => v,
+            other => panic!("expected a JSON message, got {other:?}"),
+        }
+    }
+
+    async fn next_within(&mut self, limit: Duration) -> Seen {
         loop {
-            let item = tokio::time::timeout(EVENT_TIMEOUT, self.inner.next())
+            let item = tokio::time::timeout(limit, self.inner.next())
                 .await
                 .expect("no event from the hub in time");
             return match item {

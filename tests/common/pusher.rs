@@ -66,3 +66,133 @@ pub async fn api(hub: &TestHub, method: &str, path_and_query: &str, body: &str) 
     let r = req.send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
+
+/// Runs `tests/node/pusher-scenario.mjs` (pusher-js and the Node server
+/// SDK) against the hub nodes listening on `ports` and checks every step;
+/// `None` (a loud skip) without node or the packages.
+pub async fn run_scenario(ports: &[String]) -> Option<Vec<serde_json::Value>> {
+    use serde_json::{Value, json};
+    let node = super::require_program("node", &["/usr/bin/node"])?;
+    let dir = super::require_node_packages()?;
+    let out = tokio::process::Command::new(node)
+        .arg("pusher-scenario.mjs")
+        .current_dir(&dir)
+        .env("HUB_HOST", "127.0.0.1")
+        .env("HUB_PORTS", ports.join(","))
+        .env("APP_ID", APP_ID)
+        .env("APP_KEY", APP_KEY)
+        .env("APP_SECRET", APP_SECRET)
+        .env("HUB_API_KEY", super::API_KEY)
+        .env("LOGOUT_ISS", TEST_ISS)
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+        .await
+        .expect("the scenario finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let steps: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(out.status.success(), "scenario failed:\n{stdout}");
+    let step = |name: &str| -> &Value {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}:\n{stdout}"))
+    };
+    assert_eq!(step("seed_sample_slo_event")["data"], json!({"slo": true}));
+    assert_eq!(step("private_event")["data"], json!({"n": 1}));
+    assert_eq!(step("forged_refused")["status"], 401);
+    let p = step("presence");
+    assert_eq!(
+        (&p["first_count"], &p["second_count"]),
+        (&json!(1), &json!(2))
+    );
+    assert_eq!(p["added"], "bob");
+    assert_eq!(p["added_info"], json!({"name": "BOB"}));
+    assert_eq!(p["me"], "bob");
+    let q = step("channel_queries");
+    let mut users: Vec<String> = q["users"]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_string())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+    assert_eq!(
+        q["list"],
+        json!({"channels": {"presence-room": {"user_count": 2}}})
+    );
+    assert_eq!(
+        q["one"],
+        json!({"occupied": true, "user_count": 2, "subscription_count": 2})
+    );
+    assert_eq!(step("client_event")["data"], json!({"who": "alice"}));
+    assert_eq!(
+        (&step("batch")["a"], &step("batch")["b"]),
+        (&json!({"i": 1}), &json!({"i": 2}))
+    );
+    assert_eq!(step("member_removed")["id"], "bob");
+    assert_eq!(step("send_to_user")["data"], json!({"to": "bob"}));
+    assert_ne!(step("terminated")["state"], "connected");
+    let bridged = step("bridged_logout");
+    assert_eq!(bridged["data"]["slo"], true, "{bridged}");
+    assert_eq!(bridged["close_code"], 4009, "{bridged}");
+    step("done");
+    Some(steps)
+}
+
+/// A raw Pusher socket on the hub at `base` (`http://…`): it and its id.
+pub async fn socket(base: &str) -> (super::Ws, String) {
+    let url = format!(
+        "{}/app/{APP_KEY}?protocol=7",
+        base.replacen("http", "ws", 1)
+    );
+    let mut ws = super::Ws::connect(&url, None).await.unwrap();
+    let hello = ws.recv_json().await;
+    let data: serde_json::Value = serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
+    (ws, data["socket_id"].as_str().unwrap().to_string())
+}
+
+/// Joins presence `channel` as `user`; returns the presence data.
+pub async fn join(
+    ws: &mut super::Ws,
+    socket_id: &str,
+    channel: &str,
+    user: &str,
+) -> serde_json::Value {
+    use serde_json::json;
+    let channel_data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
+    let sig = slo_hub::pusher::protocol::sign(
+        APP_SECRET,
+        &format!("{socket_id}:{channel}:{channel_data}"),
+    );
+    ws.send_json(json!({"event": "pusher:subscribe", "data": {
+        "channel": channel, "auth": format!("{APP_KEY}:{sig}"), "channel_data": channel_data}}))
+        .await;
+    let m = ws.recv_json().await;
+    assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
+    serde_json::from_str(m["data"].as_str().unwrap()).unwrap()
+}
+
+/// `GET /apps/{id}/channels/{channel}/users` on the hub at `base`, signed.
+pub async fn users(base: &str, channel: &str) -> Vec<String> {
+    let path = format!("/apps/{APP_ID}/channels/{channel}/users");
+    let url = format!(
+        "{base}{}",
+        signed("GET", &path, "", slo_hub::util::now_secs(), APP_SECRET, &[])
+    );
+    let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let mut ids: Vec<String> = v["users"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}

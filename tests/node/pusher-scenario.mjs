@@ -3,7 +3,10 @@
 // host, port and the app's credentials. Run by tests/pusher.rs, which checks
 // the steps printed and the hub's own state.
 //
-// env: HUB_HOST, HUB_PORT, APP_ID, APP_KEY, APP_SECRET, HUB_API_KEY, LOGOUT_ISS
+// env: HUB_HOST, HUB_PORT, APP_ID, APP_KEY, APP_SECRET, HUB_API_KEY, LOGOUT_ISS;
+// HUB_PORTS (optional, "p1,p2,..."): several nodes of one cluster. Alice's
+// socket goes to the first, Bob's to the second, the server SDK to the
+// third, the logout to the second (round-robin, wrapping).
 //
 // Prints one JSON line per step ({"step": name, ...}); exits non-zero with
 // {"failed": name, "error": ...} at the first step that does not happen.
@@ -11,14 +14,16 @@ import PusherClient from "pusher-js";
 import PusherServer from "pusher";
 
 const env = process.env;
+const ports = (env.HUB_PORTS || env.HUB_PORT).split(",");
+const port = (i) => ports[i % ports.length];
 const server = new PusherServer({
   appId: env.APP_ID, key: env.APP_KEY, secret: env.APP_SECRET,
-  host: env.HUB_HOST, port: env.HUB_PORT, useTLS: false,
+  host: env.HUB_HOST, port: port(2), useTLS: false,
 });
 
-function client(user) {
+function client(user, node) {
   return new PusherClient(env.APP_KEY, {
-    wsHost: env.HUB_HOST, wsPort: Number(env.HUB_PORT), forceTLS: false,
+    wsHost: env.HUB_HOST, wsPort: Number(port(node)), forceTLS: false,
     enabledTransports: ["ws"], disableStats: true, cluster: "local",
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, cb) => {
@@ -51,6 +56,8 @@ const T = 5000;
 
 function connected(c) {
   return within(T, "connect", (ok, fail) => {
+    // It may have connected while we awaited another client.
+    if (c.connection.state === "connected") return ok(c.connection.socket_id);
     c.connection.bind("connected", () => ok(c.connection.socket_id));
     c.connection.bind("failed", () => fail(new Error("connection failed")));
   });
@@ -68,8 +75,8 @@ function received(ch, event) {
 }
 
 async function main() {
-  const alice = client("alice");
-  const bob = client("bob");
+  const alice = client("alice", 0);
+  const bob = client("bob", 1);
   const aliceSocket = await connected(alice);
   await connected(bob);
   step("connected", { socket_id: aliceSocket });
@@ -154,7 +161,7 @@ async function main() {
   await within(T, "alice signin", (ok, fail) => alice.user.signinDonePromise.then(ok, fail));
   const bridged = within(T, "bridged logout", (ok) => alice.user.bind("slo-event", ok));
   const aliceGone = within(T, "alice closed", (ok) => alice.connection.bind("error", (e) => ok(e)));
-  const r = await fetch(`http://${env.HUB_HOST}:${env.HUB_PORT}/v1/logout`, {
+  const r = await fetch(`http://${env.HUB_HOST}:${port(1)}/v1/logout`, {
     method: "POST",
     headers: { "content-type": "application/json", authorization: "Bearer " + env.HUB_API_KEY },
     body: JSON.stringify({ sub: "alice", iss: env.LOGOUT_ISS, reason: "user_logout" }),

@@ -1,4 +1,5 @@
-//! Cross-node fan-out on a Redis stream (`slo:logouts`, capped), not
+//! Cross-node fan-out on Redis streams (`slo:logouts`, and `slo:pusher`
+//! for Pusher events; both capped), not
 //! pub/sub: each node reads it with `XREAD BLOCK` from the last id it saw,
 //! so a node that lost Redis for a while resumes where it stopped and
 //! misses nothing still in the stream.
@@ -21,7 +22,7 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use super::{Conn, Redis, failed};
-use crate::store::{BoxFuture, Broker, Heard, Reported, StoreError, StoredEvent};
+use crate::store::{BoxFuture, Broker, Heard, PusherMessage, Reported, StoreError, StoredEvent};
 use crate::util;
 
 fn outcome_key(event_id: &str) -> String {
@@ -29,10 +30,13 @@ fn outcome_key(event_id: &str) -> String {
 }
 
 const STREAM: &str = "slo:logouts";
+/// Pusher events for other nodes' sockets (best-effort, as Pusher's).
+const PUSHER_STREAM: &str = "slo:pusher";
+const PUSHER_STREAM_MAX_LEN: usize = 100_000;
 /// Nodes alive, by their last heartbeat (ms).
-const NODES: &str = "slo:nodes";
+pub(super) const NODES: &str = "slo:nodes";
 /// A node is alive while its heartbeat is this recent.
-const NODE_TTL_MS: i64 = 6_000;
+pub(super) const NODE_TTL_MS: i64 = 6_000;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long what a logout reached is kept for its node to read.
 const OUTCOME_TTL_MS: i64 = 60_000;
@@ -68,10 +72,10 @@ impl RedisBroker {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// The id the stream ends at now (where a new node starts reading).
-    async fn end_id(&self, con: &mut Conn) -> Result<String, redis::RedisError> {
+    /// The id a stream ends at now (where a new node starts reading).
+    async fn end_id(&self, con: &mut Conn, stream: &str) -> Result<String, redis::RedisError> {
         let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(STREAM)
+            .arg(stream)
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -82,6 +86,21 @@ impl RedisBroker {
             .ids
             .first()
             .map_or_else(|| "0-0".to_string(), |e| e.id.clone()))
+    }
+}
+
+/// What one stream entry says.
+fn heard(entry: &redis::streams::StreamId, logouts: bool) -> Option<Heard> {
+    if logouts {
+        let e: String = entry.get("e")?;
+        serde_json::from_str::<StoredEvent>(&e)
+            .ok()
+            .map(Heard::Logout)
+    } else {
+        let m: String = entry.get("m")?;
+        serde_json::from_str::<PusherMessage>(&m)
+            .ok()
+            .map(Heard::Pusher)
     }
 }
 
@@ -138,6 +157,120 @@ impl RedisBroker {
         cmd.arg(NODES).arg(&self.redis.node_id);
         let _ = self.redis.retried::<i64>(&cmd).await;
     }
+
+    /// Follows one stream until `stop`. The logout stream decides whether
+    /// the node is ready and whether it missed something; the Pusher one
+    /// (events are best-effort, as Pusher's) just resumes where it can.
+    async fn read(
+        &self,
+        stream: &'static str,
+        sink: &(dyn Fn(Heard) + Send + Sync),
+        stop: &CancellationToken,
+    ) {
+        let logouts = stream == STREAM;
+        let mut last_id: Option<String> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut lost = false;
+        while !stop.is_cancelled() {
+            let connected = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = self.redis.dedicated() => c,
+            };
+            let mut con = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    if !lost && logouts {
+                        tracing::warn!(error = %e, "cluster: Redis unreachable; retrying");
+                    }
+                    lost = true;
+                    if logouts {
+                        self.lost();
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            // Where to read from: the end at first start; after an
+            // outage, where we stopped, unless the stream lost entries.
+            let from = match &last_id {
+                None => self.end_id(&mut con, stream).await,
+                // Pusher events are best-effort: resume from what is left.
+                Some(id) if !logouts => Ok(id.clone()),
+                Some(id) => match missed_since(&mut con, id).await {
+                    Ok(true) => {
+                        tracing::warn!(
+                            "cluster: the stream no longer holds what this node missed; closing sockets so clients reconnect"
+                        );
+                        sink(Heard::Missed);
+                        self.end_id(&mut con, stream).await
+                    }
+                    Ok(false) => Ok(id.clone()),
+                    Err(e) => Err(e),
+                },
+            };
+            let Ok(from) = from else {
+                lost = true;
+                if logouts {
+                    self.lost();
+                }
+                continue;
+            };
+            last_id = Some(from);
+            if std::mem::take(&mut lost) && logouts {
+                tracing::info!("cluster: Redis is back; caught up");
+            }
+            backoff = Duration::from_millis(100);
+            if logouts {
+                self.found();
+            }
+            let opts = StreamReadOptions::default().count(512).block(BLOCK_MS);
+            loop {
+                let id = last_id.clone().unwrap_or_else(|| "0-0".into());
+                let mut cmd = redis::cmd("XREAD");
+                cmd.arg(&opts).arg("STREAMS").arg(stream).arg(&id);
+                let read = cmd.query_async::<Option<StreamReadReply>>(&mut con);
+                let reply = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = read => r,
+                };
+                match reply {
+                    Ok(reply) => {
+                        if logouts {
+                            self.found();
+                        }
+                        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                            last_id = Some(entry.id.clone());
+                            let node: Option<String> = entry.get("n");
+                            if node.as_deref() == Some(self.redis.node_id.as_str()) {
+                                continue;
+                            }
+                            match heard(&entry, logouts) {
+                                Some(h) => sink(h),
+                                None => {
+                                    tracing::warn!(
+                                        stream,
+                                        "cluster: unreadable stream entry skipped"
+                                    )
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if logouts {
+                            tracing::warn!(error = %failed(e), "cluster: lost the Redis stream; reconnecting");
+                            self.lost();
+                        }
+                        lost = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Broker for RedisBroker {
@@ -168,99 +301,32 @@ impl Broker for RedisBroker {
         sink: Arc<dyn Fn(Heard) + Send + Sync>,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        tokio::spawn(self.clone().heartbeat(stop.clone()));
         Box::pin(async move {
-            let mut last_id: Option<String> = None;
-            let mut backoff = Duration::from_millis(100);
-            let mut lost = false;
-            while !stop.is_cancelled() {
-                let connected = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    c = self.redis.dedicated() => c,
-                };
-                let mut con = match connected {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if !lost {
-                            tracing::warn!(error = %e, "cluster: Redis unreachable; retrying");
-                        }
-                        lost = true;
-                        self.lost();
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                        continue;
-                    }
-                };
-                // Where to read from: the end at first start; after an
-                // outage, where we stopped, unless the stream lost entries.
-                let from = match &last_id {
-                    None => self.end_id(&mut con).await,
-                    Some(id) => match missed_since(&mut con, id).await {
-                        Ok(true) => {
-                            tracing::warn!(
-                                "cluster: the stream no longer holds what this node missed; closing sockets so clients reconnect"
-                            );
-                            sink(Heard::Missed);
-                            self.end_id(&mut con).await
-                        }
-                        Ok(false) => Ok(id.clone()),
-                        Err(e) => Err(e),
-                    },
-                };
-                let Ok(from) = from else {
-                    lost = true;
-                    self.lost();
-                    continue;
-                };
-                last_id = Some(from);
-                if std::mem::take(&mut lost) {
-                    tracing::info!("cluster: Redis is back; caught up");
-                }
-                backoff = Duration::from_millis(100);
-                self.found();
-                let opts = StreamReadOptions::default().count(512).block(BLOCK_MS);
-                loop {
-                    let id = last_id.clone().unwrap_or_else(|| "0-0".into());
-                    let mut cmd = redis::cmd("XREAD");
-                    cmd.arg(&opts).arg("STREAMS").arg(STREAM).arg(&id);
-                    let read = cmd.query_async::<Option<StreamReadReply>>(&mut con);
-                    let reply = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        r = read => r,
-                    };
-                    match reply {
-                        Ok(reply) => {
-                            self.found();
-                            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids)
-                            {
-                                last_id = Some(entry.id.clone());
-                                let node: Option<String> = entry.get("n");
-                                if node.as_deref() == Some(self.redis.node_id.as_str()) {
-                                    continue;
-                                }
-                                let event: Option<String> = entry.get("e");
-                                match event
-                                    .and_then(|e| serde_json::from_str::<StoredEvent>(&e).ok())
-                                {
-                                    Some(e) => sink(Heard::Logout(e)),
-                                    None => {
-                                        tracing::warn!("cluster: unreadable stream entry skipped")
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %failed(e), "cluster: lost the Redis stream; reconnecting");
-                            lost = true;
-                            self.lost();
-                            break;
-                        }
-                    }
-                }
-            }
+            tokio::join!(
+                self.clone().heartbeat(stop.clone()),
+                self.read(STREAM, &*sink, &stop),
+                self.read(PUSHER_STREAM, &*sink, &stop),
+            );
+        })
+    }
+
+    fn publish_pusher<'a>(
+        &'a self,
+        message: &'a PusherMessage,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let data = serde_json::to_string(message).unwrap_or_default();
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(PUSHER_STREAM)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(PUSHER_STREAM_MAX_LEN)
+                .arg("*")
+                .arg("n")
+                .arg(&self.redis.node_id)
+                .arg("m")
+                .arg(&data);
+            self.redis.retried::<String>(&cmd).await.map(|_| ())
         })
     }
 

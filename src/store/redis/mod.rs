@@ -7,15 +7,17 @@
 //!   runs on any cluster shard) never lets a lower version replace a higher.
 //!   Nothing is loaded at start: a node reads what it is asked about.
 //! * The broker is a stream (`broker`); the session graph is one record per
-//!   user with compare-and-set (`graph`).
+//!   user with compare-and-set (`graph`); Pusher presence is counted per
+//!   node so a dead node's part can be taken back (`presence`).
 //!
-//! Every command runs on one key, so nothing here needs keys to share a
-//! cluster slot.
+//! Every command runs on one key or on keys of one hash tag
+//! (`{slo:pusher}`), so it runs on one cluster shard.
 //!
 //! Must not: decide revocation rules or touch sockets.
 
 mod broker;
 mod graph;
+mod presence;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
 
 pub use broker::RedisBroker;
 pub use graph::RedisGraphs;
+pub use presence::RedisPresence;
 
 use super::{BoxFuture, Durable, Kind, Record, StoreError};
 use crate::util;
