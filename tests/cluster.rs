@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::cluster::{Node, node_config, redis_bin, single_redis};
+use common::cluster::{Node, authorize, mint, node_config, redis_bin, single_redis};
 use common::sso::{AUD, CB, pkce};
 use common::{API_KEY, TEST_AUD, TEST_ISS, TEST_SECRET, Ws, forge, hs256_token};
 use serde_json::{Value, json};
@@ -20,46 +20,6 @@ const REFRESH: &str = "urn:ietf:params:oauth:token-type:refresh_token";
 
 async fn dev_token(node: &Node, sub: &str) -> String {
     let (s, v) = node.post("/dev/token", None, json!({"sub": sub})).await;
-    assert_eq!(s, 200, "{v}");
-    v["access_token"].as_str().unwrap().to_string()
-}
-
-/// `/authorize` on `node`: (code, error).
-async fn authorize(node: &Node, stt: &str, challenge: &str) -> (Option<String>, Option<String>) {
-    let q: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([
-            ("client_id", "web"),
-            ("redirect_uri", CB),
-            ("response_type", "code"),
-            ("code_challenge", challenge),
-            ("code_challenge_method", "S256"),
-            ("session_transfer_token", stt),
-        ])
-        .finish();
-    let r = common::sso::client_from(None)
-        .get(format!("{}/authorize?{q}", node.base))
-        .send()
-        .await
-        .unwrap();
-    let location = r.headers()["location"].to_str().unwrap().to_string();
-    let params: Vec<(String, String)> = url::Url::parse(&location)
-        .unwrap()
-        .query_pairs()
-        .into_owned()
-        .collect();
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    (get("code"), get("error"))
-}
-
-async fn mint(node: &Node, refresh: &str) -> String {
-    let (s, v) = node
-        .post(
-            "/oauth/token",
-            None,
-            json!({"grant_type": "refresh_token", "client_id": "native",
-                   "refresh_token": refresh, "audience": AUD}),
-        )
-        .await;
     assert_eq!(s, 200, "{v}");
     v["access_token"].as_str().unwrap().to_string()
 }
@@ -177,7 +137,7 @@ async fn every_user_path_works_with_each_request_on_another_node() {
     let refresh = v["access_token"].as_str().unwrap().to_string();
     let stt = mint(&n[1], &refresh).await;
     let (verifier, challenge) = pkce();
-    let (code, err) = authorize(&n[2], &stt, &challenge).await;
+    let (code, err) = authorize(&n[2], "web", &stt, &challenge).await;
     let code = code.unwrap_or_else(|| panic!("{err:?}"));
     let (s, login) = n[0]
         .post(
@@ -226,7 +186,7 @@ async fn every_user_path_works_with_each_request_on_another_node() {
     let (_, challenge) = pkce();
     let redeems = (0..20).map(|i| {
         let (node, stt, challenge) = (&n[i % 3], stt.clone(), challenge.clone());
-        async move { authorize(node, &stt, &challenge).await.0 }
+        async move { authorize(node, "web", &stt, &challenge).await.0 }
     });
     let codes: Vec<Option<String>> = futures_util::future::join_all(redeems).await;
     assert_eq!(codes.iter().filter(|c| c.is_some()).count(), 1, "{codes:?}");
@@ -444,7 +404,7 @@ async fn a_trigger_whose_caller_goes_away_is_carried_out_completely() {
         .await;
     let stt = v["access_token"].as_str().unwrap().to_string();
     let (verifier, challenge) = pkce();
-    let code = authorize(&n[1], &stt, &challenge).await.0.unwrap();
+    let code = authorize(&n[1], "web", &stt, &challenge).await.0.unwrap();
     let (_, login) = n[0]
         .post(
             "/oauth/token",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::process::{Running, config_file};
-use super::sso::CB;
+use super::sso::{AUD, CB};
 use super::{API_KEY, TEST_AUD, TEST_ISS, TEST_SECRET, Ws, require_program, sha256_hex};
 
 /// What every node calls itself (the issuer of its session tokens).
@@ -387,4 +387,50 @@ logout_issuer = "{TEST_ISS}"
 "#
         ),
     )
+}
+
+/// `/authorize` on `node` with a transfer token: (code, error).
+pub async fn authorize(
+    node: &Node,
+    client_id: &str,
+    stt: &str,
+    challenge: &str,
+) -> (Option<String>, Option<String>) {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("client_id", client_id),
+            ("redirect_uri", CB),
+            ("response_type", "code"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+            ("session_transfer_token", stt),
+        ])
+        .finish();
+    let r = super::sso::client_from(None)
+        .get(format!("{}/authorize?{q}", node.base))
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let params: Vec<(String, String)> = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    (get("code"), get("error"))
+}
+
+/// A session transfer token minted with a native refresh token.
+pub async fn mint(node: &Node, refresh: &str) -> String {
+    let (s, v) = node
+        .post(
+            "/oauth/token",
+            None,
+            json!({"grant_type": "refresh_token", "client_id": "native",
+                   "refresh_token": refresh, "audience": AUD}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["access_token"].as_str().unwrap().to_string()
 }
