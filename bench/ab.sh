@@ -3,8 +3,8 @@
 # alternated single runs (A B A B ...), then the median of each figure per
 # build. Usage:
 #   bash bench/ab.sh ROUNDS label=path/to/slo-hub label=path/to/slo-hub ...
-# e.g. git stash; cargo build --release; cp target/release/slo-hub /tmp/hub-a
-#      git stash pop; cargo build --release; cp target/release/slo-hub /tmp/hub-b
+# e.g. git stash; cargo build --profile benchmark; cp target/benchmark/slo-hub /tmp/hub-a
+#      git stash pop; cargo build --profile benchmark; cp target/benchmark/slo-hub /tmp/hub-b
 #      bash bench/ab.sh 5 a=/tmp/hub-a b=/tmp/hub-b
 # Results: bench/results/ab-<date>/<label>/*.json and a summary on stdout.
 # Single runs of one binary vary by ±30 % here; use 5 rounds or more, and
@@ -16,14 +16,14 @@ ulimit -n "$(ulimit -Hn)"
 rounds=$1
 shift
 out="bench/results/ab-$(date -u +%Y-%m-%dT%H-%M-%SZ)"
-cargo build --release --bin slo-bench
+cargo build --profile benchmark --bin slo-bench
 for i in $(seq "$rounds"); do
   for pair in "$@"; do
     label=${pair%%=*}
     bin=${pair#*=}
     mkdir -p "$out/$label"
     echo "round $i: $label" >&2
-    taskset -c 1 target/release/slo-bench --servers slo-hub --reps 1 \
+    taskset -c 1 target/benchmark/slo-bench --servers slo-hub --reps 1 \
       --hub-bin "$bin" --hub-label "$label" --out "$out/$label" >"$out/$label/log.$i" 2>&1
   done
 done

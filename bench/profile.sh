@@ -8,7 +8,7 @@
 #   broadcast — one logout to 15,000 sockets of one user; perf attaches once
 #               they are connected (the trigger follows 500 ms later) and
 #               stops when the server is idle again.
-# Needs a release build (cargo build --release) and perf. Report:
+# Needs a release build (cargo build --profile benchmark) and perf. Report:
 #   perf report -i /tmp/slo-hub-<phase>.data --no-children --sort dso
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ esac
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp)
 data=/tmp/slo-hub-$phase.data
-taskset -c 1 target/release/slo-bench --servers slo-hub --reps 1 \
+taskset -c 1 target/benchmark/slo-bench --servers slo-hub --reps 1 \
   --latency-triggers 100 --rounds 1 --out "$(mktemp -d)" >"$log" 2>&1 &
 bench=$!
 until grep -q "$start" "$log"; do

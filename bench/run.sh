@@ -12,5 +12,5 @@ if [ ! -d bench/peers/node_modules ]; then
   # npm 11; `npm install` still installs the locked versions.
   (cd bench/peers && npm install --no-audit --no-fund)
 fi
-cargo build --release --bin slo-hub --bin slo-bench
-exec taskset -c 1 target/release/slo-bench "$@"
+cargo build --profile benchmark --bin slo-hub --bin slo-bench
+exec taskset -c 1 target/benchmark/slo-bench "$@"

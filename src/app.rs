@@ -81,6 +81,8 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Cancelled once, when shutdown starts.
     pub shutdown: CancellationToken,
+    /// Memory held by frames still arriving, over every socket.
+    pub partial_memory: Arc<ws::partial::PartialMemory>,
     /// Parked sockets that were woken (from whatever thread), polled on the
     /// runtime the hub started on.
     pub(crate) woken: ws::parked::Woken,

@@ -368,6 +368,9 @@ pub struct WsSettings {
     pub message_burst: u32,
     /// Malformed or unknown messages tolerated (each answered by an error frame) before close.
     pub max_protocol_errors: u32,
+    /// A frame must be complete this long after its first byte arrived
+    /// (else close 1008), so trickled bytes cannot hold a socket's buffer.
+    pub frame_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -409,6 +412,9 @@ pub struct Limits {
     pub user_trigger_burst: u32,
     /// Longest `wait_for_acks_ms` a trigger may ask for.
     pub max_wait_for_acks_ms: u64,
+    /// Memory all sockets together may hold for frames still arriving; a
+    /// socket whose unfinished frame finds no room is closed (1013).
+    pub partial_frames_bytes: usize,
 }
 
 /// One trusted JWT issuer.
@@ -543,6 +549,7 @@ impl Config {
                 max_messages_per_sec: 20,
                 message_burst: 40,
                 max_protocol_errors: 5,
+                frame_timeout_ms: 10_000,
             },
             http: HttpSettings {
                 max_body_bytes: 16 * 1024,
@@ -559,6 +566,7 @@ impl Config {
                 user_triggers_per_sec: 5,
                 user_trigger_burst: 10,
                 max_wait_for_acks_ms: 5_000,
+                partial_frames_bytes: 64 << 20,
             },
             issuers: Vec::new(),
             api_keys: Vec::new(),
@@ -700,6 +708,13 @@ impl Config {
             16 << 20,
         )?;
         range("ws.heartbeat_secs", ws.heartbeat_secs, 1, 3600)?;
+        range("ws.frame_timeout_ms", ws.frame_timeout_ms, 100, 600_000)?;
+        range(
+            "limits.partial_frames_bytes",
+            self.limits.partial_frames_bytes as u64,
+            64 * 1024,
+            16 << 30,
+        )?;
         range("ws.relogin_secs", ws.relogin_secs, 0, 3_600)?;
         range(
             "ws.max_messages_per_sec",

@@ -111,6 +111,8 @@ pub enum CloseCode {
     UnsupportedData = 1003,
     /// 1007: a text message that is not valid UTF-8.
     InvalidPayload = 1007,
+    /// 1008: a frame did not complete within `ws.frame_timeout_ms`.
+    PolicyViolation = 1008,
     /// 1009: a message above `ws.max_message_bytes`.
     MessageTooBig = 1009,
     /// 1011: the hub failed internally; reconnect with backoff.
@@ -150,6 +152,7 @@ impl CloseCode {
             CloseCode::ProtocolError => "protocol error",
             CloseCode::UnsupportedData => "binary messages are not supported",
             CloseCode::InvalidPayload => "invalid utf-8",
+            CloseCode::PolicyViolation => "frame too slow",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
             CloseCode::ServiceRestart => "service restart",

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub backchannel_sent: Family<Labels, Counter>,
     /// Back-channel logout attempts that failed and were retried.
     pub backchannel_retries: Counter,
+    /// Socket polls that panicked (a bug; the socket was closed 1011).
+    pub socket_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +87,12 @@ impl Metrics {
         let authorize_outcomes = Family::<Labels, Counter>::default();
         let backchannel_sent = Family::<Labels, Counter>::default();
         let backchannel_retries = Counter::default();
+        let socket_panics = Counter::default();
+        registry.register(
+            "socket_panics",
+            "Socket polls that panicked (a bug): the socket was closed with 1011",
+            socket_panics.clone(),
+        );
         registry.register(
             "backchannel_notifications",
             "Back-channel logout tokens sent to client backends, by final outcome",
@@ -195,6 +203,7 @@ impl Metrics {
             authorize_outcomes,
             backchannel_sent,
             backchannel_retries,
+            socket_panics,
         }
     }
 

@@ -17,8 +17,8 @@
 //! Must not: decide whether a logout is allowed, or remember logouts (that is
 //! `revocation`); it only knows who is connected now.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -165,11 +165,12 @@ impl Registry {
 
     /// Every registered socket (for the heartbeat sweeper and shutdown). The
     /// snapshot is taken shard by shard; sockets added meanwhile may be missed,
-    /// which both callers tolerate.
-    pub fn snapshot(&self) -> Vec<Arc<Conn>> {
+    /// which both callers tolerate. Weak: a sweep that yields must not keep a
+    /// socket alive, or a re-login could not take its connection back.
+    pub fn snapshot(&self) -> Vec<Weak<Conn>> {
         let mut all = Vec::with_capacity(self.gauge.get().max(0) as usize);
         for entry in self.users.iter() {
-            all.extend(entry.value().iter().cloned());
+            all.extend(entry.value().iter().map(Arc::downgrade));
         }
         all
     }

@@ -430,6 +430,9 @@ impl Hub {
             broker: stores.broker,
             metrics,
             woken: ws::parked::Woken::start(tasks.clone()),
+            partial_memory: Arc::new(ws::partial::PartialMemory::new(
+                config.limits.partial_frames_bytes,
+            )),
             tasks,
             shutdown: CancellationToken::new(),
             dev_api_key_file,

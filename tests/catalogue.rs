@@ -392,3 +392,43 @@ async fn the_same_kid_under_two_issuers_never_mixes_their_keys() {
     let b_signed_by_a = es256(&key_a, "k1", &claims(json!({"iss": STATIC_ISS})));
     refused(&hub, &b_signed_by_a, "bad_signature", 4401).await;
 }
+
+#[tokio::test]
+async fn readyz_answers_at_once_while_a_jwks_fetch_hangs() {
+    // A JWKS endpoint that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let hub = TestHub::with(|c| {
+        let mut issuer = ec_issuer(JWKS_ISS, Some(url), None);
+        issuer.jwks_min_refetch_secs = 0;
+        c.issuers.push(issuer);
+    })
+    .await;
+    // A token of that issuer: its `auth` starts a fetch, which hangs.
+    let (key, _) = ec_key("k1");
+    let now = slo_hub::util::now_secs();
+    let token = es256(
+        &key,
+        "k1",
+        &json!({"iss": JWKS_ISS, "aud": TEST_AUD, "sub": "u", "iat": now, "exp": now + 60}),
+    );
+    let mut ws = Ws::connect(&hub.ws_url, None).await.unwrap();
+    ws.send_json(json!({"type": "auth", "token": token})).await;
+    // Readiness answers now (not after the fetch timeout) and says why.
+    let r = hub
+        .http
+        .get(format!("{}/readyz", hub.url))
+        .timeout(std::time::Duration::from_secs(1))
+        .send()
+        .await
+        .expect("/readyz answered at once");
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("issuer keys"), "{body}");
+}

@@ -203,3 +203,80 @@ async fn credentials_in_headers_are_checked_before_the_body_is_read() {
         assert_eq!(answered.ok(), Some(401), "{path}");
     }
 }
+
+/// A logged-in `/v1/ws` client, raw.
+async fn raw_ready(hub: &TestHub, sub: &str) -> common::RawClient {
+    let mut raw = common::RawClient::connect(&hub.url).await;
+    let token = hub.token(sub, None).await;
+    raw.send_text(&serde_json::json!({"type": "auth", "token": token}).to_string())
+        .await;
+    assert_eq!(raw.next_json().await["type"], "ready");
+    raw
+}
+
+#[tokio::test]
+async fn a_frame_trickled_byte_by_byte_is_closed_at_its_deadline() {
+    let hub = TestHub::with(|c| {
+        c.ws.frame_timeout_ms = 300;
+        common::pusher::pusher_app(c);
+    })
+    .await;
+    let frame = common::RawClient::frame(0x1, &[b'x'; 1000]);
+    // Twelve bytes 50 ms apart: the frame's first byte is 600 ms old, and
+    // each byte would have counted as a sign of life.
+    let mut raw = raw_ready(&hub, "alice").await;
+    raw.trickle(&frame[..12], Duration::from_millis(50)).await;
+    assert_eq!(raw.read_until_close().await, Some(1008));
+    // The same on a Pusher socket.
+    let path = format!("/app/{}?protocol=7", common::pusher::APP_KEY);
+    let mut pusher = common::RawClient::connect_to(&hub.url, &path).await;
+    assert_eq!(
+        pusher.next_json().await["event"],
+        "pusher:connection_established"
+    );
+    pusher
+        .trickle(&frame[..12], Duration::from_millis(50))
+        .await;
+    assert_eq!(pusher.read_until_close().await, Some(1008));
+    // Given back once the sockets' tasks end (after their close handshake).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hub.app().partial_memory.used() != 0 {
+        assert!(Instant::now() < deadline, "the budget was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn unfinished_frames_share_one_bounded_budget_and_starve_no_one() {
+    const BUDGET: usize = 64 * 1024;
+    let hub = TestHub::with(|c| c.limits.partial_frames_bytes = BUDGET).await;
+    // Sockets that each send 15 of a 16 KB frame's kilobytes, then stall.
+    let frame = common::RawClient::frame(0x1, &[b'x'; 16_000]);
+    let mut stalled = Vec::new();
+    for i in 0..12 {
+        let mut raw = raw_ready(&hub, &format!("attacker-{i}")).await;
+        let _ = raw.write(&frame[..15_000]).await;
+        stalled.push(raw);
+    }
+    // Those that found no room were closed 1013; the budget held.
+    let mut refused = 0;
+    for raw in &mut stalled {
+        if let Ok(code) =
+            tokio::time::timeout(Duration::from_millis(200), raw.read_until_close()).await
+        {
+            assert_eq!(code, Some(1013));
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "some unfinished frames were refused");
+    assert!(hub.app().partial_memory.used() <= BUDGET);
+    // A client speaking in whole messages is served meanwhile.
+    let (mut ws, _) = hub.socket(&hub.token("bob", None).await).await;
+    let (status, body) = hub.backend_logout(serde_json::json!({"sub": "bob"})).await;
+    assert_eq!(
+        (status, body["delivered"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    assert_eq!(ws.recv_json().await["type"], "logout");
+}

@@ -784,3 +784,21 @@ async fn a_logout_the_store_cannot_record_is_never_answered_with_success() {
     // The socket was still told: a failing disk never keeps a logout from a user.
     assert_eq!(ws.recv_json().await["type"], "logout");
 }
+
+#[tokio::test]
+async fn a_relogin_during_a_heartbeat_sweep_keeps_its_connection() {
+    let hub = TestHub::start().await;
+    let (mut ws, _) = hub.socket(&hub.token("alice", None).await).await;
+    // What the heartbeat sweep holds while it yields between chunks.
+    let sweep = hub.app().registry.snapshot();
+    let (status, _) = hub.backend_logout(json!({"sub": "alice"})).await;
+    assert_eq!(status, 200);
+    let m = ws.recv_json().await;
+    ws.send_json(json!({"type": "ack", "id": m["id"]})).await;
+    // The relogin takes the connection back although the sweep is not done.
+    let new = hub.token("alice", None).await;
+    ws.send_json(json!({"type": "auth", "token": new})).await;
+    let ready = ws.recv_json().await;
+    assert_eq!(ready["type"], "ready", "{ready}");
+    assert_eq!(sweep.len(), 1);
+}

@@ -19,10 +19,12 @@ use super::channels::PConn;
 use super::protocol::{self, ChannelKind, PusherCode};
 use crate::App;
 use crate::config::PusherAppSettings;
+use crate::error::CloseCode;
 use crate::store::presence::Member;
 use crate::util::Budget;
 use crate::ws::codec::{self, Decoder, Flow, Message, Role};
 use crate::ws::conn::read_available;
+use crate::ws::partial::Held;
 
 const READ_CHUNK: usize = 4096;
 /// Client events per second a socket may send (Pusher's limit).
@@ -94,11 +96,15 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
     // bytes out and let that buffer go now, not when the socket ends.
     let mut buf = early.to_vec();
     drop(early);
+    let mut held = Held::default();
+    let frame_timeout = Duration::from_millis(app.config.ws.frame_timeout_ms);
     let end = loop {
         // Handle what is buffered; replies go out through the connection,
         // in order with what publishers write.
         let mut stop = None;
+        let mut messages = 0;
         let decoded = decoder.decode(&mut buf, |m| {
+            messages += 1;
             stop = s.on_message(m);
             if stop.is_some() {
                 Flow::Stop
@@ -118,6 +124,23 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
         if let Some(e) = stop {
             break e;
         }
+        // Alive is what sends whole frames; trickled bytes do not count.
+        if messages > 0 {
+            last_seen = tokio::time::Instant::now();
+        }
+        if held
+            .set(
+                buf.capacity() + decoder.held(),
+                &app.partial_memory,
+                frame_timeout,
+            )
+            .is_err()
+        {
+            break End::Close(
+                CloseCode::TryAgainLater.code(),
+                CloseCode::TryAgainLater.reason(),
+            );
+        }
         let (want_write, close) = conn.state();
         match close {
             Some(PusherCode::OverCapacity) => break End::SlowConsumer,
@@ -134,6 +157,9 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
                     break End::Gone;
                 }
             }
+            _ = held.overdue() => {
+                break End::Close(CloseCode::PolicyViolation.code(), CloseCode::PolicyViolation.reason());
+            }
             _ = tokio::time::sleep_until(last_seen + silence) => {
                 break End::Close(PusherCode::PongNotReceived.code(), "pong reply not received");
             }
@@ -145,10 +171,7 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
                 let mut chunk = [0u8; READ_CHUNK];
                 match read_available(&conn.stream, &mut chunk) {
                     Ok(0) => break End::Gone,
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        last_seen = tokio::time::Instant::now();
-                    }
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => break End::Gone,
                 }

@@ -88,6 +88,11 @@ impl Decoder {
         self.frag.is_some()
     }
 
+    /// Bytes held for a fragmented message being assembled.
+    pub fn held(&self) -> usize {
+        self.frag.as_ref().map_or(0, |f| f.data.capacity())
+    }
+
     /// Decodes every complete frame at the start of `buf` (unmasking in place)
     /// and hands each to `on_message`: a complete message, or
     /// [`Message::Fragment`] for a frame that completes none. Returns how many bytes

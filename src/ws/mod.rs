@@ -9,19 +9,22 @@
 //! * `window` — when a logged-out socket's re-login window ends.
 //! * `conn` — the socket as publishers see it (direct, bounded writes).
 //! * `codec` — RFC 6455 framing; `protocol` — the JSON messages.
+//! * `partial` — frames still arriving, bounded in time and memory (both
+//!   protocols).
 //!
 //! Must not: accept a token from anywhere but the first socket message.
 
 pub mod codec;
 pub mod conn;
 pub(crate) mod parked;
+pub mod partial;
 pub mod protocol;
 mod socket;
 pub(crate) mod window;
 
 pub(crate) use socket::{Guard, close_stream};
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -246,6 +249,7 @@ pub async fn heartbeat(app: Arc<App>) {
                     return;
                 }
             }
+            let Some(conn) = conn.upgrade() else { continue };
             let seen = conn.last_seen.load(std::sync::atomic::Ordering::Relaxed);
             if cutoff.is_some_and(|c| seen < c) {
                 conn.close(CloseCode::HeartbeatTimeout);
@@ -261,7 +265,7 @@ pub async fn heartbeat(app: Arc<App>) {
 
 /// Closes every registered socket with 1012 so clients reconnect elsewhere.
 pub fn close_all_for_restart(app: &App) {
-    for conn in app.registry.snapshot() {
+    for conn in app.registry.snapshot().iter().filter_map(Weak::upgrade) {
         conn.close(CloseCode::ServiceRestart);
     }
 }

@@ -147,10 +147,10 @@ async fn drain(shard: Arc<Shard>) {
         }
         let mut polled = 0;
         while let Some((woken, token)) = batch.pop_front() {
-            // A panic ends that socket's poll, as it ended its own task
-            // before; the queue goes on with the others.
+            // `run` catches a panic of the poll itself; this is the last
+            // line for the queue, which goes on with the others.
             if std::panic::catch_unwind(AssertUnwindSafe(|| woken.run())).is_err() {
-                tracing::error!("a parked socket's poll panicked");
+                tracing::error!("a parked socket's wake-up panicked");
             }
             drop(token);
             polled += 1;
@@ -170,6 +170,9 @@ pub trait Idle: Send + Sized + 'static {
     fn poll_idle(&mut self, app: &App, cx: &mut Context<'_>) -> Poll<Self::End>;
     /// What follows the idle state; runs in a task of its own.
     fn resume(self, app: Arc<App>, end: Self::End) -> impl Future<Output = ()> + Send + 'static;
+    /// How the idle state ends when its poll panicked (a bug): the socket
+    /// must still be closed and freed.
+    fn panicked() -> Self::End;
 }
 
 /// Nobody polls and nobody is scheduled to.
@@ -213,7 +216,21 @@ impl<S: Idle> Parked<S> {
         let mut cx = Context::from_waker(&waker);
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if let Poll::Ready(end) = idle.as_mut()?.poll_idle(&self.app, &mut cx) {
+            let state = idle.as_mut()?;
+            let ended = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                state.poll_idle(&self.app, &mut cx)
+            })) {
+                Ok(Poll::Ready(end)) => Some(end),
+                Ok(Poll::Pending) => None,
+                // Left RUNNING, nothing would poll it again and the socket
+                // would leak: end it like any other state.
+                Err(_) => {
+                    tracing::error!("a parked socket's poll panicked; closing it");
+                    self.app.metrics.socket_panics.inc();
+                    Some(S::panicked())
+                }
+            };
+            if let Some(end) = ended {
                 self.state.store(DONE, Ordering::Release);
                 return idle.take().map(|state| (state, end));
             }
@@ -288,6 +305,8 @@ mod tests {
         end: Arc<Mutex<Option<u32>>>,
         /// Wakes itself this many times from inside a poll.
         self_wakes: usize,
+        /// The next poll panics.
+        panic: Arc<AtomicBool>,
         resumed: Option<oneshot::Sender<u32>>,
         _alive: Arc<()>,
     }
@@ -297,6 +316,9 @@ mod tests {
 
         fn poll_idle(&mut self, _app: &App, cx: &mut Context<'_>) -> Poll<u32> {
             let _ = self.polls.send(cx.waker().clone());
+            if self.panic.load(Ordering::Acquire) {
+                panic!("a bug in a socket's poll");
+            }
             if let Some(end) = *self.end.lock().unwrap() {
                 return Poll::Ready(end);
             }
@@ -312,6 +334,10 @@ mod tests {
             async move {
                 let _ = tx.send(end);
             }
+        }
+
+        fn panicked() -> u32 {
+            1011
         }
     }
 
@@ -332,15 +358,50 @@ mod tests {
         )
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn wakeups_poll_once_each_then_the_state_resumes_as_a_task_and_is_freed() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn hub(dir: &tempfile::TempDir) -> Hub {
         let mut config = Config::defaults(Mode::Dev);
         config.mode = Some(Mode::Dev);
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.data_dir = dir.path().to_path_buf();
         config.dev.demo = false;
-        let hub = Hub::start(config).await.unwrap();
+        Hub::start(config).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_that_panics_ends_the_state_which_resumes_and_is_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(&dir).await;
+        let (polls_tx, mut polls) = mpsc::unbounded_channel();
+        let alive = Arc::new(());
+        let weak: Weak<()> = Arc::downgrade(&alive);
+        let panic = Arc::new(AtomicBool::new(false));
+        let (resumed_tx, resumed) = oneshot::channel();
+        park(
+            hub.app().clone(),
+            Probe {
+                polls: polls_tx,
+                end: Arc::new(Mutex::new(None)),
+                self_wakes: 0,
+                panic: panic.clone(),
+                resumed: Some(resumed_tx),
+                _alive: alive,
+            },
+        );
+        let waker = next_poll(&mut polls).await;
+        panic.store(true, Ordering::Release);
+        waker.wake_by_ref();
+        let resumed = tokio::time::timeout(Duration::from_secs(5), resumed).await;
+        assert_eq!(resumed.unwrap().unwrap(), 1011, "resumed with panicked()");
+        assert_eq!(hub.app().metrics.socket_panics.get(), 1);
+        next_poll(&mut polls).await;
+        assert!(weak.upgrade().is_none(), "the state is freed");
+        hub.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wakeups_poll_once_each_then_the_state_resumes_as_a_task_and_is_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(&dir).await;
 
         let (polls_tx, mut polls) = mpsc::unbounded_channel();
         let end = Arc::new(Mutex::new(None));
@@ -353,6 +414,7 @@ mod tests {
                 polls: polls_tx,
                 end: end.clone(),
                 self_wakes: 2,
+                panic: Arc::new(AtomicBool::new(false)),
                 resumed: Some(resumed_tx),
                 _alive: alive,
             },

@@ -40,6 +40,7 @@ use crate::error::{AuthError, CloseCode};
 use crate::registry::{SessionKey, UserKey};
 use crate::server::ConnGuard;
 use crate::util::{self, Budget};
+use crate::ws::partial::Held;
 
 /// Read chunk (on the stack, never kept).
 const READ_CHUNK: usize = 4096;
@@ -117,6 +118,10 @@ impl Idle for Live {
 
     fn resume(self, app: Arc<App>, exit: Exit) -> impl Future<Output = ()> + Send + 'static {
         after_steady(app, self, exit)
+    }
+
+    fn panicked() -> Exit {
+        Exit::Close(CloseCode::InternalError)
     }
 }
 
@@ -404,6 +409,9 @@ const POLL_ROUNDS: usize = 8;
 /// logged-out socket stays here too, reading its ack or a new `auth`, until
 /// its re-login window (`window`) closes it.
 fn poll_steady(app: &App, conn: &Conn, reader: &mut Reader, cx: &mut Context<'_>) -> Poll<Exit> {
+    if reader.held.poll_overdue(cx).is_ready() {
+        return Poll::Ready(Exit::Close(CloseCode::PolicyViolation));
+    }
     if std::mem::take(&mut reader.leftover)
         && let Some(exit) = reader.on_readable(app, conn)
     {
@@ -460,6 +468,8 @@ struct Reader {
     errors: u32,
     /// Whether the logout's ack came (each is counted once).
     acked: bool,
+    /// `partial` and the decoder's fragments, in the hub-wide budget.
+    held: Held,
 }
 
 impl Reader {
@@ -471,14 +481,27 @@ impl Reader {
             budget: Budget::new(app.config.ws.message_burst),
             errors: 0,
             acked: false,
+            held: Held::default(),
         }
     }
 
-    /// Reads everything available and handles it. `Some` ends the socket.
+    /// Reads everything available and handles it; then accounts what is
+    /// left of an unfinished frame. `Some` ends the socket.
+    fn on_readable(&mut self, app: &App, conn: &Conn) -> Option<Exit> {
+        if let Some(exit) = self.read_all(app, conn) {
+            return Some(exit);
+        }
+        let bytes = self.partial.capacity() + self.decoder.held();
+        let timeout = Duration::from_millis(app.config.ws.frame_timeout_ms);
+        self.held
+            .set(bytes, &app.partial_memory, timeout)
+            .err()
+            .map(|_| Exit::Close(CloseCode::TryAgainLater))
+    }
+
     /// Synchronous on purpose: the read buffer lives on the stack of this
     /// call, not in the socket's future.
-    fn on_readable(&mut self, app: &App, conn: &Conn) -> Option<Exit> {
-        conn.touch(util::now_secs() as u32);
+    fn read_all(&mut self, app: &App, conn: &Conn) -> Option<Exit> {
         if !self.partial.is_empty() {
             // Bytes left from the auth phase or an earlier partial frame.
             if let Some(exit) = self.drain_partial(app, conn) {
@@ -579,6 +602,8 @@ struct Handler<'a> {
 impl Handler<'_> {
     fn handle(&mut self, app: &App, conn: &Conn, m: Message<'_>, exit: &mut Option<Exit>) -> Flow {
         let ws = &app.config.ws;
+        // Alive is what sends whole frames; trickled bytes do not count.
+        conn.touch(util::now_secs() as u32);
         // Every frame costs one, whatever it carries.
         if !self
             .budget

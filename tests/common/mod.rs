@@ -419,15 +419,20 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(base_url: &str) -> RawClient {
-        Self::open(base_url, None).await
+        Self::open(base_url, None, "/v1/ws").await
+    }
+
+    /// To another WebSocket path (a Pusher app's `/app/{key}?protocol=7`).
+    pub async fn connect_to(base_url: &str, path: &str) -> RawClient {
+        Self::open(base_url, None, path).await
     }
 
     /// With a tiny receive buffer, so the hub's writes back up quickly.
     pub async fn connect_small_buffer(base_url: &str) -> RawClient {
-        Self::open(base_url, Some(4096)).await
+        Self::open(base_url, Some(4096), "/v1/ws").await
     }
 
-    async fn open(base_url: &str, rcvbuf: Option<u32>) -> RawClient {
+    async fn open(base_url: &str, rcvbuf: Option<u32>, path: &str) -> RawClient {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr: std::net::SocketAddr = base_url.trim_start_matches("http://").parse().unwrap();
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -436,7 +441,7 @@ impl RawClient {
         }
         let mut stream = socket.connect(addr).await.unwrap();
         let req = format!(
-            "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(req.as_bytes()).await.unwrap();
@@ -472,6 +477,47 @@ impl RawClient {
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(bytes).await
+    }
+
+    /// The next text message, parsed (pings and other frames skipped).
+    pub async fn next_json(&mut self) -> Value {
+        use slo_hub::ws::codec::{Decoder, Flow, Message, Role};
+        use tokio::io::AsyncReadExt;
+        let mut decoder = Decoder::new(Role::Client, 1 << 20);
+        loop {
+            let mut text = None;
+            let consumed = decoder
+                .decode(&mut self.buf, |m| {
+                    if let Message::Text(t) = m {
+                        text = Some(t.to_string());
+                        return Flow::Stop;
+                    }
+                    Flow::Continue
+                })
+                .expect("the hub sent a valid frame");
+            self.buf.drain(..consumed);
+            if let Some(t) = text {
+                return serde_json::from_str(&t).unwrap();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(EVENT_TIMEOUT, self.stream.read(&mut chunk))
+                .await
+                .expect("no message in time")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Writes `bytes` one at a time, `every` apart, until done or the hub
+    /// closed the connection (an attacker trickling a frame).
+    pub async fn trickle(&mut self, bytes: &[u8], every: Duration) {
+        for b in bytes {
+            if self.write(std::slice::from_ref(b)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Reads frames (answering nothing) until a close frame; returns its code.
@@ -553,9 +599,30 @@ pub fn require_node_packages() -> Option<PathBuf> {
 
 /// A free loopback port (for programs that cannot be given port 0).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Outside the kernel's ephemeral range, so no port-0 bind and no
+    // outgoing connection of a parallel test can take it between our
+    // check and the program's bind; and never handed out twice here. Kept
+    // below ephemeral minus 10000: a Redis Cluster node also binds port +
+    // 10000 for its bus.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.saturating_sub(10_000).max(12_000));
+    let span = high - low;
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span + 1,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for _ in 0..span {
+        let port = (low + NEXT.fetch_add(1, Ordering::AcqRel) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }

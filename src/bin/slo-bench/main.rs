@@ -25,6 +25,7 @@ mod http;
 mod proto;
 mod report;
 mod servers;
+mod watermarks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,8 +72,8 @@ pub struct Opts {
     /// CPU list the servers are pinned to.
     #[arg(long, default_value = "0")]
     pub server_cpu: String,
-    /// The slo-hub binary (build it with --release first).
-    #[arg(long, default_value = "target/release/slo-hub")]
+    /// The slo-hub binary (bench/run.sh builds it: `--profile benchmark`).
+    #[arg(long, default_value = "target/benchmark/slo-hub")]
     hub_bin: PathBuf,
     /// Where results go.
     #[arg(long, default_value = "bench/results")]
@@ -95,6 +96,10 @@ pub struct Opts {
     /// one node versus this many nodes sharing a Redis (needs redis-server).
     #[arg(long)]
     cluster_nodes: Option<usize>,
+    /// Instead of the comparison: a node on a Redis holding this many
+    /// logout watermarks: its start time, memory and `auth` latency.
+    #[arg(long)]
+    watermarks: Option<usize>,
     /// Instead of the comparison: slo-hub under floods (slow consumers,
     /// an upgrade flood from one address, slowloris); see `floods.rs`.
     #[arg(long)]
@@ -172,7 +177,7 @@ fn main() {
     if kinds.contains(&Kind::SloHub) || kinds.contains(&Kind::SloHubPusher) {
         assert!(
             env.hub_bin.is_file(),
-            "{} is missing: run `cargo build --release` first",
+            "{} is missing: run `cargo build --profile benchmark` first",
             env.hub_bin.display()
         );
     }
@@ -186,6 +191,11 @@ fn main() {
     if let Some(n) = opts.cluster_nodes {
         let tokens = tokens.expect("the cluster phase runs slo-hub");
         cluster::run(&opts, env, &rt, &tokens.hs256, n);
+        return;
+    }
+    if let Some(n) = opts.watermarks {
+        let tokens = tokens.expect("the watermark phase runs slo-hub");
+        watermarks::run(&opts, env, &rt, &tokens.hs256, n);
         return;
     }
     if opts.floods {

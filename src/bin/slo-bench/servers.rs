@@ -175,7 +175,7 @@ fn write_hub_config(env: &Env, port: u16) -> io::Result<PathBuf> {
     let cluster = env
         .hub_cluster
         .as_ref()
-        .map(|u| format!("cluster = \"{u}\"\n"))
+        .map(|u| format!("cluster = \"{u}\"\npublic_url = \"http://127.0.0.1:{port}\"\n"))
         .unwrap_or_default();
     let text = format!(
         r#"{cluster}listen = "127.0.0.1:{port}"
