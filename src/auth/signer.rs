@@ -8,11 +8,10 @@
 //! authenticator, a static key of an ordinary issuer.
 //!
 //! Signing builds the JWS itself (header and claims serialized by serde,
-//! signed by ring) with the key pair parsed once at start:
-//! `jsonwebtoken::encode` goes through a provider that re-parses the PKCS#8
-//! key, deriving the public key again, on every call — 47 % of a
-//! signature's instructions (callgrind: 401 M of 854 M over 2,000 tokens).
-//! Verification stays with `jsonwebtoken`.
+//! signed by ring) with the key pair parsed once at start, because
+//! `jsonwebtoken::encode` re-parses the PKCS#8 key on every call (about half
+//! a signature's cost; bench/README.md). Verification stays with
+//! `jsonwebtoken`.
 //!
 //! Must not: overwrite or silently replace an existing key file it cannot read.
 

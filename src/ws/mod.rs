@@ -215,9 +215,8 @@ fn check_handshake(h: &HeaderMap) -> Result<String, Handshake> {
     }
 }
 
-/// Sockets a heartbeat sweep pings (or closes) between two yields. One
-/// uninterrupted sweep held its worker for the whole round: at 15,000 sockets
-/// every trigger arriving meanwhile waited for it.
+/// Sockets a heartbeat sweep pings (or closes) between two yields, so
+/// triggers arriving meanwhile do not wait for the whole round.
 const SWEEP_CHUNK: usize = 256;
 
 /// Pings every registered socket each `ws.heartbeat_secs`; closes those that
@@ -225,10 +224,8 @@ const SWEEP_CHUNK: usize = 256;
 ///
 /// "Silent for two intervals" is judged against the sweeps, not the clock:
 /// a socket is closed when nothing came from it since the sweep before the
-/// last one began, so it let two pings go unanswered. (`now - last_seen >=
-/// 2 intervals` in whole seconds closed answering sockets once a sweep of
-/// 15,000 took a noticeable part of a 1 s interval: 1,196 of them in one
-/// slo-bench run.)
+/// last one began, so it let two pings go unanswered; a long sweep cannot
+/// make an answering socket look silent (history: bench/README.md).
 pub async fn heartbeat(app: Arc<App>) {
     let every = Duration::from_secs(app.config.ws.heartbeat_secs);
     let mut ping = Vec::with_capacity(2);

@@ -9,13 +9,9 @@
 //! long-lived tasks poll it once; when the steady state ends, its
 //! continuation ([`Idle::resume`]) gets a task of its own.
 //!
-//! Why a queue, not a task per wake-up: a trigger's acks wake its tabs'
-//! sockets, and a short task for each cost a spawn. Measured (slo-bench, 64
-//! triggers in flight): p99 20-39 ms with acks, 4-6 ms without, 6-10 ms
-//! with this queue. The likely mechanism, inferred and not traced: an
-//! `epoll` burst of spawns overflows the worker's local run queue (256), and
-//! tokio then moves half of it, HTTP connections included, to the global
-//! queue, which it serves only every few dozen polls.
+//! Why a queue, not a task per wake-up: a burst of acks spawned a burst of
+//! short tasks, which pushed HTTP connections off the worker's local run
+//! queue and tripled the trigger's tail latency (figures: bench/README.md).
 //!
 //! Exactly one poll runs at a time: wake-ups during a poll are remembered
 //! (`NOTIFIED`) and answered by queueing again, so a busy socket still

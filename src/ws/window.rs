@@ -5,14 +5,12 @@
 //! closes it with 4000. The socket stays parked meanwhile (its ack and a new
 //! `auth` arrive through the same poll as before), and the end of its window
 //! comes from here: every window has the same length, so windows end in the
-//! order they began, and one FIFO queue with one timer serves them all,
-//! where a task and a timer-wheel entry per logged-out socket cost about
-//! 1,400 instructions per delivered logout (callgrind). The registry opens
-//! the windows of the sockets it publishes a logout to, in one batch and
-//! without waking them: waking the 15,000 parked sockets of one user spawned
-//! 15,000 short tasks in one burst, whose fresh memory cost that broadcast
-//! 10 % of its CPU in page faults (perf). The queue holds buckets of the
-//! sockets logged out within the same `GRAIN`, 8 bytes per socket.
+//! order they began, and one FIFO queue with one timer serves them all
+//! (cheaper than a task and a timer per socket). The registry opens the
+//! windows of the sockets it publishes a logout to, in one batch and
+//! without waking them (waking them all at once is a burst of tasks). The
+//! queue holds buckets of the sockets logged out within the same `GRAIN`,
+//! 8 bytes per socket. Figures: bench/README.md.
 //!
 //! Must not: keep a socket alive (the queue holds `Weak`s: a socket that
 //! closed or logged in again takes its `Conn` apart, and its entry no longer
