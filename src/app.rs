@@ -75,6 +75,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Connection counts and connect rates per address.
     pub limits: Arc<ConnLimits>,
+    /// Trusted proxies: who the client behind them is.
+    pub proxies: crate::net::Proxies,
     /// Trigger rate per user token.
     pub user_trigger_limits: KeyedLimiter<UserKey>,
     /// Every task the hub spawns, so shutdown can wait for them.
@@ -131,6 +133,9 @@ impl App {
         }
         if !self.auth.keys_ready_now() {
             problems.push("issuer keys not loaded");
+        }
+        if self.config.idle_warning().is_some() {
+            problems.push("nothing configured: no issuer, API key, SSO client or Pusher app");
         }
         if self.broker.as_ref().is_some_and(|b| !b.is_ready()) {
             problems.push("Redis (cluster) unreachable: new logins are refused");

@@ -159,8 +159,7 @@ pub struct TransferSettings {
     pub native_session_lifetime_secs: u64,
     /// Lifetime of one hub-signed session token (capped by its session's expiry).
     pub session_token_ttl_secs: u64,
-    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed; from anyone
-    /// else the header is ignored and the peer address is the client's.
+    /// Older place of `http.trusted_proxies` (both are used).
     pub trusted_proxies: Vec<String>,
     /// IP range → ASN table for `enforce_device_binding = "asn"`.
     pub asn_ranges: Vec<AsnRange>,
@@ -330,8 +329,12 @@ impl ClientSettings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DevSettings {
-    /// The built-in dev issuer (`POST /dev/token`). Always answers loopback peers only.
+    /// The built-in dev issuer (`POST /dev/token`). Answers loopback clients
+    /// only, and those in `issuer_clients`.
     pub issuer: bool,
+    /// Further client networks (CIDRs) the dev issuer answers: a demo
+    /// deployment behind a proxy (`deploy/compose.yaml`). Never in production.
+    pub issuer_clients: Vec<String>,
     /// Serve the demo SPAs on two further ports.
     pub demo: bool,
     /// Port of demo app A; 0 means listen port + 1.
@@ -385,6 +388,10 @@ pub struct HttpSettings {
     pub body_read_timeout_ms: u64,
     /// Origins allowed to call the HTTP API from a browser (CORS). Empty: same as `ws.allowed_origins`.
     pub cors_origins: Vec<String>,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed: behind
+    /// them, connection limits, device binding and the dev issuer's check
+    /// apply to the client's address, not the proxy's.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -533,6 +540,7 @@ impl Config {
             cluster: None,
             dev: DevSettings {
                 issuer: dev,
+                issuer_clients: Vec::new(),
                 demo: dev,
                 demo_a_port: 0,
                 demo_b_port: 0,
@@ -556,6 +564,7 @@ impl Config {
                 header_read_timeout_ms: 10_000,
                 body_read_timeout_ms: 10_000,
                 cors_origins: Vec::new(),
+                trusted_proxies: Vec::new(),
             },
             limits: Limits {
                 max_connections: None,
@@ -641,7 +650,16 @@ impl Config {
         }
         let mut config: Config = fig.extract().map_err(|e| {
             // figment names keys by profile ("default.ws.x"); we have one profile.
-            ConfigError::Load(e.to_string().replace("for key \"default.", "for key \""))
+            let mut text = e.to_string().replace("for key \"default.", "for key \"");
+            // A value from the environment: name the variable to fix.
+            if e.metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"))
+            {
+                let var = format!("SLO_HUB_{}", e.path.join("__").to_uppercase());
+                text.push_str(&format!(" (set by the environment variable {var})"));
+            }
+            ConfigError::Load(text)
         })?;
         config.mode = Some(mode);
         config.validate()?;
@@ -654,6 +672,37 @@ impl Config {
 
     pub fn is_dev(&self) -> bool {
         self.mode() == Mode::Dev
+    }
+
+    /// What this config sets up, in one line (`slo-hub check`).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} mode, listen {}, {} issuer(s), {} API key(s), {} SSO client(s), {} Pusher app(s), store {}",
+            if self.is_dev() { "dev" } else { "production" },
+            self.listen,
+            self.issuers.len() + usize::from(self.dev.issuer),
+            self.api_keys.len(),
+            self.clients.len(),
+            self.pusher_apps.len(),
+            match (&self.cluster, self.store) {
+                (Some(_), _) => "redis (cluster)",
+                (None, StoreKind::Embedded) => "embedded",
+                (None, StoreKind::Memory) => "memory",
+            }
+        )
+    }
+
+    /// Why a hub with this config could do nothing at all, if it could not:
+    /// no way for anyone to authenticate a socket or a trigger.
+    pub fn idle_warning(&self) -> Option<&'static str> {
+        let nothing = self.issuers.is_empty()
+            && !self.dev.issuer
+            && self.api_keys.is_empty()
+            && self.clients.is_empty()
+            && self.pusher_apps.is_empty();
+        nothing.then_some(
+            "no [[issuers]], [[api_keys]], [[clients]] or [[pusher_apps]]: no socket and no trigger can authenticate",
+        )
     }
 
     /// The URL clients use to reach the hub.
@@ -979,6 +1028,14 @@ impl Config {
         for (i, p) in t.trusted_proxies.iter().enumerate() {
             crate::util::IpNet::parse(p)
                 .map_err(|e| invalid(format!("transfer.trusted_proxies[{i}]"), e))?;
+        }
+        for (i, p) in self.http.trusted_proxies.iter().enumerate() {
+            crate::util::IpNet::parse(p)
+                .map_err(|e| invalid(format!("http.trusted_proxies[{i}]"), e))?;
+        }
+        for (i, p) in self.dev.issuer_clients.iter().enumerate() {
+            crate::util::IpNet::parse(p)
+                .map_err(|e| invalid(format!("dev.issuer_clients[{i}]"), e))?;
         }
         for (i, r) in t.asn_ranges.iter().enumerate() {
             crate::util::IpNet::parse(&r.cidr)

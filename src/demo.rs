@@ -93,6 +93,10 @@ pub fn native_sim(app: &App, demos: &[(&'static str, SocketAddr)]) -> Router {
     Router::new()
         .route("/demo/native-sim/", get(|| async { Html(NATIVE_SIM_HTML) }))
         .route(
+            "/demo/native-sim",
+            get(|| async { axum::response::Redirect::permanent("/demo/native-sim/") }),
+        )
+        .route(
             "/demo/native-sim/config.js",
             get(move || async move { js(config_js) }),
         )

@@ -22,6 +22,8 @@ pub enum AuthError {
     CredentialsInUrl,
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    #[error("the Authorization scheme must be Bearer (an API key or a JWT), not {0}")]
+    WrongScheme(String),
     #[error("the token is larger than allowed")]
     TooLarge,
     #[error("the token's issuer is not trusted")]
@@ -67,6 +69,7 @@ impl AuthError {
             AuthError::Missing => "missing",
             AuthError::CredentialsInUrl => "credentials_in_url",
             AuthError::Malformed => "malformed",
+            AuthError::WrongScheme(_) => "wrong_scheme",
             AuthError::TooLarge => "too_large",
             AuthError::UnknownIssuer => "unknown_issuer",
             AuthError::UnknownKey => "unknown_kid",
@@ -149,21 +152,21 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "bye",
-            CloseCode::ProtocolError => "protocol error",
-            CloseCode::UnsupportedData => "binary messages are not supported",
-            CloseCode::InvalidPayload => "invalid utf-8",
-            CloseCode::PolicyViolation => "frame too slow",
-            CloseCode::MessageTooBig => "message too big",
-            CloseCode::InternalError => "internal error",
-            CloseCode::ServiceRestart => "service restart",
-            CloseCode::TryAgainLater => "try again later",
-            CloseCode::LoggedOut => "logged out",
-            CloseCode::BadProtocol => "bad protocol",
-            CloseCode::Unauthorized => "unauthorized",
-            CloseCode::TokenExpired => "token expired",
-            CloseCode::HeartbeatTimeout => "heartbeat timeout",
-            CloseCode::SlowConsumer => "slow consumer",
-            CloseCode::RateLimited => "rate limited",
+            CloseCode::ProtocolError => "protocol error (RFC 6455)",
+            CloseCode::UnsupportedData => "binary messages are not supported; send JSON text",
+            CloseCode::InvalidPayload => "invalid UTF-8 in a text message",
+            CloseCode::PolicyViolation => "a frame did not complete in time",
+            CloseCode::MessageTooBig => "message larger than ws.max_message_bytes",
+            CloseCode::InternalError => "internal error; reconnect with backoff",
+            CloseCode::ServiceRestart => "the hub is restarting; reconnect",
+            CloseCode::TryAgainLater => "a dependency is unavailable; reconnect with backoff",
+            CloseCode::LoggedOut => "logged out; do not reconnect with this token",
+            CloseCode::BadProtocol => "bad protocol: the first message must be auth",
+            CloseCode::Unauthorized => "missing or invalid token, or no auth in time",
+            CloseCode::TokenExpired => "token expired; refresh it and reconnect",
+            CloseCode::HeartbeatTimeout => "no pong for two heartbeats",
+            CloseCode::SlowConsumer => "outbound buffer full: the client did not read",
+            CloseCode::RateLimited => "too many messages",
         }
     }
 }
@@ -184,6 +187,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("not found")]
     NotFound,
+    #[error("this method is not allowed here (see the Allow header)")]
+    MethodNotAllowed,
     /// A request named something (an id, a token) the hub does not know.
     #[error("{0}")]
     Unknown(String),
@@ -217,6 +222,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::Unknown(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -233,6 +239,7 @@ impl ApiError {
             ApiError::Unauthorized(e) => e.reason(),
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unknown(_) => "unknown_id",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout => "request_timeout",

@@ -22,7 +22,8 @@
 //! * [`config`] — settings, layered and validated once.
 //! * [`startup`] — builds the [`App`] in named steps; [`background`] — its
 //!   long-lived tasks; [`app`] — the state they share.
-//! * [`server`] — accept, connection limits, HTTP/1.1 with deadlines.
+//! * [`server`] — accept, connection limits, HTTP/1.1 with deadlines;
+//!   [`net`] — who the client is behind trusted proxies.
 //! * [`http`] — the HTTP endpoints; [`ws`] — the socket endpoint;
 //!   [`pusher`] — Pusher protocol v7 and HTTP API.
 //! * [`auth`] — JWTs (per issuer, JWKS), API keys, OAuth clients, the dev issuer.
@@ -47,6 +48,7 @@ pub mod error;
 pub mod http;
 pub mod logout;
 pub mod metrics;
+pub mod net;
 pub mod notify;
 pub mod pusher;
 pub mod registry;

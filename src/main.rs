@@ -34,6 +34,12 @@ enum Command {
     },
     /// Print a new random API key and the SHA-256 that goes into the config.
     GenApiKey,
+    /// Load and validate a config file (with SLO_HUB_* env), say what it
+    /// configures, and exit: 0 if the hub would start with it, 2 if not.
+    Check {
+        #[arg(long, env = "SLO_HUB_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Args, Default)]
@@ -106,6 +112,21 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Some(Command::Check { config }) => {
+            return match Config::load(Mode::Production, Some(&config), &Overrides::default()) {
+                Ok(c) => {
+                    println!("{}: {}", config.display(), c.summary());
+                    if let Some(w) = c.idle_warning() {
+                        println!("warning: {w}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("slo-hub: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Command::Serve { config, common }) => (Mode::Production, Some(config), common),
         None => (Mode::Dev, None, cli.common),
     };
@@ -149,10 +170,12 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    tracing::info!(addr = %hub.addr, url = %hub.url(), "listening");
     print_banner(&hub);
     signal.await;
     tracing::info!("shutting down: closing sockets with 1012, finishing requests");
     hub.shutdown(Duration::from_secs(10)).await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
@@ -237,8 +260,11 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colours for a person at a terminal, not for a log file or journald.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

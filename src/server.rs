@@ -140,7 +140,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Refusal::TooManyTotal => "connections_total",
             Refusal::TooManyForIp => "connections_per_ip",
@@ -150,16 +150,24 @@ impl Refusal {
 }
 
 /// Keeps a connection counted until dropped (by the HTTP connection, and by
-/// the socket task after an upgrade).
+/// the socket task after an upgrade): in the total, against its client's
+/// address, or both.
 pub struct ConnGuard {
     limits: Arc<ConnLimits>,
-    ip: IpAddr,
+    total: bool,
+    /// The address it counts against, if any (not a trusted proxy's).
+    ip: Option<IpAddr>,
+    /// A proxied socket's client guard holds its connection's guard.
+    _connection: Option<Arc<ConnGuard>>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.limits.total.fetch_sub(1, Ordering::AcqRel);
-        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.limits.per_ip.entry(self.ip) {
+        if self.total {
+            self.limits.total.fetch_sub(1, Ordering::AcqRel);
+        }
+        let Some(ip) = self.ip else { return };
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.limits.per_ip.entry(ip) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
                 e.remove();
@@ -180,27 +188,57 @@ impl ConnLimits {
         }
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Arc<ConnGuard>, Refusal> {
-        if !self.rates.try_take(&ip) {
+    /// A new TCP connection from `ip`: counted in the total and, unless
+    /// `ip` is a trusted proxy (whose clients are counted at their
+    /// requests, [`ConnLimits::admit_client`]), against `ip`.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, proxy: bool) -> Result<Arc<ConnGuard>, Refusal> {
+        if !proxy && !self.rates.try_take(&ip) {
             return Err(Refusal::TooFastForIp);
         }
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::TooManyTotal);
         }
-        {
-            let mut n = self.per_ip.entry(ip).or_insert(0);
-            if *n >= self.max_per_ip {
-                drop(n);
-                self.total.fetch_sub(1, Ordering::AcqRel);
-                return Err(Refusal::TooManyForIp);
-            }
-            *n += 1;
+        let mut counted = ConnGuard {
+            limits: self.clone(),
+            total: true,
+            ip: None,
+            _connection: None,
+        };
+        if !proxy {
+            // On a refusal, dropping `counted` takes it out of the total.
+            self.count_ip(ip)?;
+            counted.ip = Some(ip);
         }
+        Ok(Arc::new(counted))
+    }
+
+    /// A socket a trusted proxy opened for `client`: its connect rate and
+    /// count against that address; the guard also keeps `connection`.
+    pub fn admit_client(
+        self: &Arc<Self>,
+        client: IpAddr,
+        connection: Option<Arc<ConnGuard>>,
+    ) -> Result<Arc<ConnGuard>, Refusal> {
+        if !self.rates.try_take(&client) {
+            return Err(Refusal::TooFastForIp);
+        }
+        self.count_ip(client)?;
         Ok(Arc::new(ConnGuard {
             limits: self.clone(),
-            ip,
+            total: false,
+            ip: Some(client),
+            _connection: connection,
         }))
+    }
+
+    fn count_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let mut n = self.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Refusal::TooManyForIp);
+        }
+        *n += 1;
+        Ok(())
     }
 
     /// Open connections (all kinds).
@@ -253,7 +291,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, router: Router) {
             },
         };
         set_send_buffer(&stream, app.config.limits.socket_send_buffer_bytes);
-        let guard = match app.limits.admit(peer.ip()) {
+        let proxy = app.proxies.is_trusted(peer.ip());
+        let guard = match app.limits.admit(peer.ip(), proxy) {
             Ok(g) => g,
             Err(refusal) => {
                 app.metrics.upgrade_rejected(refusal.label());

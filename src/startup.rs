@@ -371,6 +371,9 @@ impl Hub {
         let clients = sso_clients(&config, &listeners.demo_addrs);
         let (issuers, hub_issuers, roots) =
             build_issuers(&config, &public_url, &clients, &stores).await?;
+        if let Some(w) = config.idle_warning() {
+            tracing::warn!("{w}; /readyz answers 503 until the config has one");
+        }
         let origins = build_origins(&config, &public_url, &listeners.demo_addrs, &clients);
         let (auth, dev_api_key_file) = build_auth(&config, &issuers).await?;
 
@@ -410,6 +413,13 @@ impl Hub {
             auth::clients::ClientAuth::new(&clients, &public_url).map_err(StartError::Issuers)?;
         let app = Arc::new(App {
             limits: Arc::new(ConnLimits::new(&config, capacity)),
+            proxies: crate::net::Proxies::new(
+                config
+                    .http
+                    .trusted_proxies
+                    .iter()
+                    .chain(&config.transfer.trusted_proxies),
+            ),
             user_trigger_limits: KeyedLimiter::new(
                 config.limits.user_triggers_per_sec,
                 config.limits.user_trigger_burst,

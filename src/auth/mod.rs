@@ -252,7 +252,8 @@ impl Authenticator {
         let value = header.ok_or(AuthError::Missing)?;
         let (scheme, cred) = value.split_once(' ').ok_or(AuthError::Malformed)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::Malformed);
+            let shown: String = scheme.chars().take(16).collect();
+            return Err(AuthError::WrongScheme(shown));
         }
         let cred = cred.trim();
         if cred.is_empty() {

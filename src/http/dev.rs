@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -25,6 +26,27 @@ pub fn router() -> Router<Arc<App>> {
         .route("/.well-known/jwks.json", get(jwks))
 }
 
+/// The dev issuer answers loopback clients, and those of `dev.issuer_clients`
+/// (a demo behind a proxy); the client, not a local proxy in front of it.
+fn may_use_dev_issuer(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    let client = app.proxies.client_ip(peer.ip(), headers);
+    let allowed = client.is_loopback()
+        || app
+            .config
+            .dev
+            .issuer_clients
+            .iter()
+            .filter_map(|c| util::IpNet::parse(c).ok())
+            .any(|n| n.contains(client));
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "the dev issuer answers loopback clients only (and dev.issuer_clients)".into(),
+        ))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DevTokenBody {
@@ -36,16 +58,13 @@ struct DevTokenBody {
 async fn dev_token(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<DevTokenBody>,
 ) -> Result<Json<Value>, ApiError> {
     let (Some(dev), Some(iss)) = (&app.hub_issuers.dev, app.hub_issuers.dev_id) else {
         return Err(ApiError::NotFound);
     };
-    if !peer.ip().is_loopback() {
-        return Err(ApiError::Forbidden(
-            "the dev issuer answers loopback clients only".into(),
-        ));
-    }
+    may_use_dev_issuer(&app, peer, &headers)?;
     let ids = [Some(&body.sub), body.sid.as_ref(), body.client_id.as_ref()];
     if ids.into_iter().flatten().any(|s| !util::is_printable_id(s)) {
         return Err(ApiError::bad_request(
@@ -91,16 +110,13 @@ struct NativeSessionBody {
 async fn dev_native_session(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<NativeSessionBody>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(dev) = &app.hub_issuers.dev else {
         return Err(ApiError::NotFound);
     };
-    if !peer.ip().is_loopback() {
-        return Err(ApiError::Forbidden(
-            "the dev issuer answers loopback clients only".into(),
-        ));
-    }
+    may_use_dev_issuer(&app, peer, &headers)?;
     if !util::is_printable_id(&body.sub) {
         return Err(ApiError::bad_request(
             "bad_request",

@@ -90,7 +90,17 @@ fn cors(app: &App) -> CorsLayer {
 
 async fn count_rejections(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let endpoint = endpoint_label(req.extensions().get::<MatchedPath>());
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    if resp.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED
+        && resp.extensions().get::<ErrorCode>().is_none()
+    {
+        // The router's own 405 has no body: answer in our format, keeping `Allow`.
+        let allow = resp.headers().get(header::ALLOW).cloned();
+        resp = ApiError::MethodNotAllowed.into_response();
+        if let Some(allow) = allow {
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
+    }
     if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
         app.metrics.http_rejection(endpoint, code);
     }

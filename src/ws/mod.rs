@@ -119,8 +119,22 @@ where
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::Internal("connection cannot be upgraded".into()).into_response();
     };
-    // Held by the socket task: the connection counts against its IP until it closes.
-    let guard = req.extensions_mut().remove::<Arc<ConnGuard>>();
+    // Held by the socket task: the connection counts against its IP until
+    // it closes. Behind a trusted proxy, against the client's address.
+    let mut guard = req.extensions_mut().remove::<Arc<ConnGuard>>();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(peer) = peer.filter(|p| app.proxies.is_trusted(*p)) {
+        let client = app.proxies.client_ip(peer, req.headers());
+        match app.limits.admit_client(client, guard.take()) {
+            Ok(g) => guard = Some(g),
+            Err(refusal) => {
+                return refuse(app, refusal.label(), ApiError::RateLimited);
+            }
+        }
+    }
     let task_app = app.clone();
     app.tasks.spawn(async move {
         let Some((stream, early)) = upgraded_stream(on_upgrade).await else {

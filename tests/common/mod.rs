@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod nginx;
 pub mod pusher;
 pub mod sso;
 
@@ -17,10 +18,10 @@ use serde_json::{Value, json};
 use slo_hub::config::{ApiKeySettings, Config, IssuerSettings, Mode};
 use slo_hub::{App, Hub};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// An API key with every scope, configured in every test hub.
 pub const API_KEY: &str = "slo_test-key-with-every-scope";
@@ -314,18 +315,31 @@ pub enum Seen {
     Other(String),
 }
 
+/// A byte stream a test socket runs over: TCP, or TLS through a proxy.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 pub struct Ws {
-    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    inner: WebSocketStream<Box<dyn Io>>,
 }
 
 impl Ws {
     /// Opens a socket; on a refused upgrade returns the HTTP status.
     pub async fn connect(url: &str, origin: Option<&str>) -> Result<Ws, u16> {
+        let req = url.into_client_request().unwrap();
+        let host = req.uri().host().unwrap().to_string();
+        let port = req.uri().port_u16().unwrap_or(80);
+        let tcp = TcpStream::connect((host.as_str(), port)).await.unwrap();
+        Self::over(Box::new(tcp), url, origin).await
+    }
+
+    /// The WebSocket handshake for `url` over an open stream.
+    pub async fn over(stream: Box<dyn Io>, url: &str, origin: Option<&str>) -> Result<Ws, u16> {
         let mut req = url.into_client_request().unwrap();
         if let Some(o) = origin {
             req.headers_mut().insert("origin", o.parse().unwrap());
         }
-        match tokio_tungstenite::connect_async(req).await {
+        match tokio_tungstenite::client_async(req, stream).await {
             Ok((inner, _)) => Ok(Ws { inner }),
             Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
             Err(e) => panic!("connect failed: {e}"),

@@ -249,7 +249,7 @@ pub async fn authorize(
             code_challenge: &code_challenge,
             transfer_token: transfer_token.as_deref(),
             session_cookie: session_cookie.as_deref(),
-            ip: app.sessions.binding.client_ip(peer.ip(), &headers),
+            ip: app.proxies.client_ip(peer.ip(), &headers),
         })
         .await;
     let mut resp = match decided {

@@ -59,6 +59,39 @@ pub fn router() -> Router<Arc<App>> {
         .route("/oauth/token", post(token))
         .route("/oauth/revoke", post(revoke))
         .route("/authorize", get(authorize::authorize))
+        .route("/.well-known/openid-configuration", get(discovery))
+}
+
+/// The hub's own authorization server, described for libraries that
+/// configure themselves (OpenID Connect Discovery 1.0; RFC 8414 fields).
+async fn discovery(State(app): State<Arc<App>>) -> axum::Json<Value> {
+    let base = app.config.public_url();
+    axum::Json(serde_json::json!({
+        "issuer": app.hub_issuers.session.iss,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/oauth/token"),
+        "revocation_endpoint": format!("{base}/oauth/revoke"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": [
+            "none",
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+        ],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+        "subject_types_supported": ["public"],
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
+        "frontchannel_logout_supported": true,
+    }))
 }
 
 /// Parameters of a token request: a form or a JSON object of strings. A
@@ -206,7 +239,7 @@ async fn token(
 async fn token_inner(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Value, OAuthError> {
     let (p, headers, client_id) = client_request(app, req).await?;
     let client_id = client_id.as_str();
-    let ip = app.sessions.binding.client_ip(peer.ip(), &headers);
+    let ip = app.proxies.client_ip(peer.ip(), &headers);
     match required(&p, "grant_type")? {
         "refresh_token" => {
             let refresh = required(&p, "refresh_token")?;
