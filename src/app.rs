@@ -70,6 +70,8 @@ pub struct App {
     pub notifier: Notifier,
     /// Pusher-protocol apps, channels and users.
     pub pusher: Pusher,
+    /// Every logout, revocation and transfer, recorded.
+    pub audit: crate::audit::Audit,
     /// The other nodes, when there are any (`cluster`).
     pub broker: Option<Arc<dyn Broker>>,
     pub metrics: Arc<Metrics>,
@@ -83,6 +85,8 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Cancelled once, when shutdown starts.
     pub shutdown: CancellationToken,
+    /// Origins and user agents of sockets, shared (`ConnMeta`).
+    pub interned: crate::util::Interner,
     /// Memory held by frames still arriving, over every socket.
     pub partial_memory: Arc<ws::partial::PartialMemory>,
     /// Parked sockets that were woken (from whatever thread), polled on the

@@ -56,6 +56,11 @@ async fn maintenance(app: Arc<App>) {
         app.user_trigger_limits.forget_idle();
         app.auth.expire_cache();
         app.sessions.purge(util::now_ms());
+        match app.audit.trim().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "audit entries past retention removed"),
+            Err(e) => tracing::warn!(error = %e, "audit: trimming failed; retrying later"),
+        }
     }
 }
 
@@ -89,6 +94,21 @@ async fn expire_web_sessions(app: Arc<App>) {
             tracing::info!(sessions = ended.len(), "web sessions expired");
             if let Err(e) = app.deliver(&ended).await {
                 tracing::warn!(error = %e, "expired sessions not all pushed yet; the outbox retries");
+            }
+            for e in &ended {
+                let mut entry = crate::audit::Entry::new(
+                    crate::audit::Action::Logout,
+                    "session_expired",
+                    crate::audit::Caller::Hub,
+                    crate::audit::Subject {
+                        iss: Some(app.hub_issuers.session.iss.clone()),
+                        sub: Some(e.sub.clone()),
+                        sid: Some(e.sid.clone()),
+                    },
+                );
+                entry.reason = "session_expired".into();
+                entry.outcome = serde_json::json!({ "clients": e.clients });
+                app.audit.record(entry).await;
             }
         }
     }

@@ -88,6 +88,31 @@ pub struct Config {
     pub notify: NotifySettings,
     /// Pusher protocol v7 apps (`[[pusher_apps]]`): `/app/{key}` and `/apps/{id}/...`.
     pub pusher_apps: Vec<PusherAppSettings>,
+    /// The audit trail (`/v1/audit`, the console).
+    pub audit: AuditSettings,
+    /// The operator's console at `/console` and the admin API.
+    pub console: ConsoleSettings,
+}
+
+/// How long the audit trail is kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Entries older than this are removed (every minute, in small batches).
+    pub retention_days: u64,
+    /// At most this many entries are kept (the oldest go first).
+    pub max_entries: usize,
+}
+
+/// The console (`/console`) and where the operator's endpoints listen.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Serve `/console` (an admin signs in with an API key of scope `admin`).
+    pub enabled: bool,
+    /// Serve `/console`, `/metrics` and the admin API on this address only
+    /// (an internal port), not on `listen`. Unset: on `listen`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// One Pusher-compatible app: credentials as Pusher issues them.
@@ -486,12 +511,13 @@ pub struct ApiKeySettings {
     pub name: String,
     /// Hex SHA-256 of the key (`slo-hub gen-api-key` prints both).
     pub sha256: String,
-    /// `logout:any`, `revoke`.
+    /// `logout:any`, `revoke`, `audit:read`, `admin` (the console and the
+    /// admin API; it includes the three others).
     pub scopes: Vec<String>,
 }
 
 /// Scopes an API key may carry.
-pub const API_SCOPES: &[&str] = &["logout:any", "revoke"];
+pub const API_SCOPES: &[&str] = &["logout:any", "revoke", "audit:read", "admin"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -588,6 +614,14 @@ impl Config {
                 asn_ranges: Vec::new(),
             },
             clients: Vec::new(),
+            audit: AuditSettings {
+                retention_days: 90,
+                max_entries: 1_000_000,
+            },
+            console: ConsoleSettings {
+                enabled: true,
+                listen: None,
+            },
             notify: NotifySettings {
                 queue_size: 10_000,
                 concurrency: 16,
@@ -758,6 +792,13 @@ impl Config {
         )?;
         range("ws.heartbeat_secs", ws.heartbeat_secs, 1, 3600)?;
         range("ws.frame_timeout_ms", ws.frame_timeout_ms, 100, 600_000)?;
+        range("audit.retention_days", self.audit.retention_days, 1, 3_650)?;
+        range(
+            "audit.max_entries",
+            self.audit.max_entries as u64,
+            1_000,
+            1_000_000_000,
+        )?;
         range(
             "limits.partial_frames_bytes",
             self.limits.partial_frames_bytes as u64,

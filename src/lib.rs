@@ -29,23 +29,27 @@
 //! * [`auth`] — JWTs (per issuer, JWKS), API keys, OAuth clients, the dev issuer.
 //! * [`logout`] — the one logout service; [`revocation`] — its core
 //!   (watermark, push, record).
-//! * [`registry`] — who is connected, by user and by session.
+//! * [`registry`] — who is connected, by user and by session; [`live`] —
+//!   a user's sockets on every node, for the admin API.
 //! * [`sessions`] — the Native-to-Web session graph and its rules.
 //! * [`notify`] — back-channel logout tokens to app backends.
 //! * [`store`] — what outlives a process and what nodes share: the
 //!   embedded journal, or Redis.
+//! * [`audit`] — the audit trail of logouts, revocations and transfers.
 //! * [`error`] — every status and close code, mapped in one place.
 //! * [`metrics`] — Prometheus counters.
 //!
 //! `main.rs` only parses the command line and calls [`Hub::start`].
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod background;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod live;
 pub mod logout;
 pub mod metrics;
 pub mod net;

@@ -34,49 +34,87 @@ use crate::notify::Attempt;
 use crate::registry::{SessionKey, Target};
 use crate::revocation::{Done, LogoutOrder, LogoutOutcome};
 use crate::sessions::{Ended, Notice, NoticeKind, Revoke, Settled};
-use crate::store::{Heard, StoreError};
+use crate::store::{Heard, NodeMessage, StoreError};
 use crate::util;
 
 impl App {
     /// Carries out a logout completely (see the module doc) and answers
     /// what it reached; with `wait_for_acks`, also how many acknowledged.
+    /// Everything, the audit entry included, runs in a task of its own.
     pub async fn logout(self: &Arc<Self>, order: LogoutOrder) -> Result<LogoutOutcome, StoreError> {
         let app = self.clone();
-        let wait = order.wait_for_acks;
-        let done = self
-            .tasks
-            .spawn(async move { app.run_logout(order).await })
+        self.tasks
+            .spawn(async move { app.logout_to_the_end(order).await })
             .await
-            .map_err(|e| StoreError::backend("the logout task", e))??;
+            .map_err(|e| StoreError::backend("the logout task", e))?
+    }
+
+    async fn logout_to_the_end(
+        self: Arc<Self>,
+        order: LogoutOrder,
+    ) -> Result<LogoutOutcome, StoreError> {
+        let wait = order.wait_for_acks;
+        let mut entry = self.audit_entry(&order);
+        let (done, ended) = self.run_logout(order).await?;
         let mut delivery = done.delivery;
-        let Some(broker) = &self.broker else {
-            let acked = match done.acks {
+        let acked = match &self.broker {
+            None => match done.acks {
                 Some(w) => Some(w.acked().await),
                 None => None,
-            };
-            return Ok(LogoutOutcome {
-                event_id: done.event_id,
-                delivery,
-                acked,
-            });
+            },
+            // Several nodes: what the others reached counts as much as ours.
+            Some(broker) => {
+                let reported = self
+                    .gather(
+                        broker.as_ref(),
+                        &done.event_id,
+                        delivery.delivered,
+                        wait,
+                        done.acks,
+                    )
+                    .await;
+                delivery.matched += reported.0.matched;
+                delivery.delivered += reported.0.delivered;
+                wait.map(|_| reported.1)
+            }
         };
-        // Several nodes: what the others reached counts as much as ours.
-        let reported = self
-            .gather(
-                broker.as_ref(),
-                &done.event_id,
-                delivery.delivered,
-                wait,
-                done.acks,
-            )
-            .await;
-        delivery.matched += reported.0.matched;
-        delivery.delivered += reported.0.delivered;
+        entry.event_id = Some(done.event_id.clone());
+        entry.outcome = serde_json::json!({
+            "matched": delivery.matched,
+            "delivered": delivery.delivered,
+            "acked": acked,
+            "web_sessions_ended": ended,
+        });
+        self.audit.record(entry).await;
         Ok(LogoutOutcome {
             event_id: done.event_id,
             delivery,
-            acked: wait.map(|_| reported.1),
+            acked,
         })
+    }
+
+    /// The audit entry of a logout, before it runs.
+    fn audit_entry(&self, order: &LogoutOrder) -> crate::audit::Entry {
+        let (iss, sub, sid) = match &order.target {
+            Target::User(k) => (k.iss, Some(k.sub.to_string()), None),
+            Target::Session(k) => (
+                k.iss,
+                order.sub.as_deref().map(str::to_string),
+                Some(k.sid.to_string()),
+            ),
+        };
+        let mut e = crate::audit::Entry::new(
+            crate::audit::Action::Logout,
+            order.source,
+            order.caller.clone(),
+            crate::audit::Subject {
+                iss: Some(self.auth.issuer_name(iss).to_string()),
+                sub,
+                sid,
+            },
+        );
+        e.reason = order.reason.clone();
+        e
     }
 
     /// Waits for the other nodes' reports of a logout (bounded: a node that
@@ -141,13 +179,14 @@ impl App {
         }
     }
 
-    async fn run_logout(self: &Arc<Self>, order: LogoutOrder) -> Result<Done, StoreError> {
+    /// Steps 1–4; also how many web sessions the graph ended.
+    async fn run_logout(self: &Arc<Self>, order: LogoutOrder) -> Result<(Done, usize), StoreError> {
         let target = order.target.clone();
         let reason = order.reason.clone();
         let done = self.revocation.logout(order).await?;
         self.bridge_to_pusher(&target, &reason);
-        self.follow_in_graph(&target).await?;
-        Ok(done)
+        let ended = self.follow_in_graph(&target).await?;
+        Ok((done, ended))
     }
 
     /// A user's logout also reaches their signed-in Pusher sockets (apps
@@ -163,7 +202,7 @@ impl App {
     /// session's (or hub subject's) own logout ends those web sessions
     /// (already pushed); an upstream session or user revokes the native
     /// sessions rooted there and, by the cascade rule, their web sessions.
-    async fn follow_in_graph(self: &Arc<Self>, target: &Target) -> Result<(), StoreError> {
+    async fn follow_in_graph(self: &Arc<Self>, target: &Target) -> Result<usize, StoreError> {
         let iss = match target {
             Target::User(k) => k.iss,
             Target::Session(k) => k.iss,
@@ -193,7 +232,8 @@ impl App {
                 Err(_) => Vec::new(),
             }
         };
-        self.deliver(&ended).await
+        self.deliver(&ended).await?;
+        Ok(ended.len())
     }
 
     /// Delivers at once what the end of these web sessions left in the
@@ -254,6 +294,7 @@ impl App {
                 sub: Some(n.sub.as_str().into()),
                 reason: reason.clone(),
                 source: "revocation",
+                caller: crate::audit::Caller::Hub,
                 wait_for_acks: None,
             })
             .await
@@ -292,7 +333,10 @@ impl App {
     /// socket of this node to reconnect.
     pub fn hear(&self, heard: Heard) {
         match heard {
-            Heard::Pusher(message) => self.pusher.heard(message),
+            Heard::Node(NodeMessage::Connections { query, users }) => {
+                self.answer_connections(query, users)
+            }
+            Heard::Node(message) => self.pusher.heard(message),
             Heard::Logout(event) => {
                 let reason = event.reason.clone();
                 let Some(applied) = self.revocation.apply_remote(event) else {

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub backchannel_retries: Counter,
     /// Socket polls that panicked (a bug; the socket was closed 1011).
     pub socket_panics: Counter,
+    /// Audit entries the store could not record.
+    pub audit_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +90,12 @@ impl Metrics {
         let backchannel_sent = Family::<Labels, Counter>::default();
         let backchannel_retries = Counter::default();
         let socket_panics = Counter::default();
+        let audit_errors = Counter::default();
+        registry.register(
+            "audit_errors",
+            "Audit entries the store could not record",
+            audit_errors.clone(),
+        );
         registry.register(
             "socket_panics",
             "Socket polls that panicked (a bug): the socket was closed with 1011",
@@ -204,6 +212,7 @@ impl Metrics {
             backchannel_sent,
             backchannel_retries,
             socket_panics,
+            audit_errors,
         }
     }
 

@@ -181,6 +181,11 @@ impl Registry {
         (self.users.len(), self.sessions.len(), sockets)
     }
 
+    /// The sockets registered for a user now (the admin API).
+    pub fn conns_of(&self, key: &UserKey) -> Vec<Arc<Conn>> {
+        self.users.get(key).map(|v| v.clone()).unwrap_or_default()
+    }
+
     /// Sockets registered for a user (tests and the dashboard).
     pub fn user_sockets(&self, key: &UserKey) -> usize {
         self.users.get(key).map(|v| v.len()).unwrap_or(0)

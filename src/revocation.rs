@@ -56,6 +56,8 @@ pub struct LogoutOrder {
     pub reason: String,
     /// Metrics label: who asked (`user`, `api_key`, ...).
     pub source: &'static str,
+    /// Who, for the audit trail.
+    pub caller: crate::audit::Caller,
     /// Wait this long for acknowledgements before answering.
     pub wait_for_acks: Option<Duration>,
 }

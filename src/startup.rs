@@ -31,6 +31,7 @@ use crate::registry::Registry;
 use crate::revocation::Revocation;
 use crate::server::{self, Capacity, ConnLimits};
 use crate::sessions::{self, Sessions};
+use crate::store::audit::AuditLog;
 use crate::store::graph::{GraphStore, LocalGraphs};
 use crate::store::presence::{LocalPresence, Presence};
 use crate::store::{Broker, Durable, Kind, Record, StoreError};
@@ -83,6 +84,7 @@ struct Stores {
     broker: Option<Arc<dyn Broker>>,
     graphs: Arc<dyn GraphStore>,
     presence: Arc<dyn Presence>,
+    audit: Arc<dyn AuditLog>,
     stored: Vec<Record>,
 }
 
@@ -129,11 +131,13 @@ async fn open_store(config: &Config) -> Result<Stores, StartError> {
             durable: redis.clone(),
             broker: Some(Arc::new(store::redis::RedisBroker::new(redis.clone()))),
             graphs: Arc::new(store::redis::RedisGraphs::new(redis.clone())),
-            presence: Arc::new(store::redis::RedisPresence::new(redis)),
+            presence: Arc::new(store::redis::RedisPresence::new(redis.clone())),
+            audit: Arc::new(store::redis::RedisAudit::new(redis)),
             stored: Vec::new(),
         });
     }
-    let (durable, stored): (Arc<dyn Durable>, Vec<Record>) = match config.store {
+    type Opened = (Arc<dyn Durable>, Arc<dyn AuditLog>, Vec<Record>);
+    let (durable, audit, stored): Opened = match config.store {
         StoreKind::Embedded => {
             let (journal, stored) = store::embedded::open(&config.data_dir)?;
             tracing::info!(
@@ -141,13 +145,22 @@ async fn open_store(config: &Config) -> Result<Stores, StartError> {
                 records = stored.len(),
                 "store opened"
             );
-            (Arc::new(store::local::Local::embedded(journal)), stored)
+            let journal = Arc::new(journal);
+            (
+                Arc::new(store::local::Local::embedded(journal.clone())),
+                Arc::new(store::audit::EmbeddedAudit::new(journal)),
+                stored,
+            )
         }
         StoreKind::Memory => {
             tracing::warn!(
                 "store = \"memory\": nothing survives a restart: logouts are kept in this process only, and after a restart revoked tokens work again until they expire"
             );
-            (Arc::new(store::local::Local::memory()), Vec::new())
+            (
+                Arc::new(store::local::Local::memory()),
+                Arc::new(store::audit::MemoryAudit::default()),
+                Vec::new(),
+            )
         }
     };
     let graphs = LocalGraphs::new(durable.clone());
@@ -157,6 +170,7 @@ async fn open_store(config: &Config) -> Result<Stores, StartError> {
         broker: None,
         graphs: Arc::new(graphs),
         presence: Arc::new(LocalPresence::default()),
+        audit,
         stored,
     })
 }
@@ -438,8 +452,15 @@ impl Hub {
                 stores.broker.clone(),
             ),
             broker: stores.broker,
+            audit: crate::audit::Audit::new(
+                stores.audit,
+                metrics.clone(),
+                config.audit.retention_days,
+                config.audit.max_entries,
+            ),
             metrics,
             woken: ws::parked::Woken::start(tasks.clone()),
+            interned: crate::util::Interner::new(10_000, 512),
             partial_memory: Arc::new(ws::partial::PartialMemory::new(
                 config.limits.partial_frames_bytes,
             )),

@@ -2,7 +2,7 @@
 //! Nothing here knows about users, sessions or sockets.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -275,6 +275,43 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Shares equal strings (origins, user agents) between the sockets that
+/// carry them, so a socket pays a pointer, not a copy. Bounded: past `cap`
+/// distinct strings (or past `max_len` bytes) the shared `overflow` stands
+/// for them, so clients inventing strings cannot grow it.
+pub struct Interner {
+    map: dashmap::DashMap<Arc<str>, ()>,
+    cap: usize,
+    max_len: usize,
+    overflow: Arc<str>,
+}
+
+impl Interner {
+    pub fn new(cap: usize, max_len: usize) -> Interner {
+        Interner {
+            map: dashmap::DashMap::new(),
+            cap,
+            max_len,
+            overflow: Arc::from("(not kept)"),
+        }
+    }
+
+    pub fn get(&self, s: &str) -> Arc<str> {
+        if s.len() > self.max_len {
+            return self.overflow.clone();
+        }
+        if let Some(e) = self.map.get(s) {
+            return e.key().clone();
+        }
+        if self.map.len() >= self.cap {
+            return self.overflow.clone();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.map.entry(shared.clone()).or_default();
+        shared
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,3 +371,4 @@ mod tests {
         assert_ne!(a, random_id());
     }
 }
+

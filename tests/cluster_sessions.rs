@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::post;
-use common::cluster::{Node, RedisServer, authorize, mint, node_config, redis_bin, single_redis};
+use common::cluster::{
+    ADMIN_KEY, Node, RedisServer, authorize, mint, node_config, redis_bin, single_redis,
+};
 use common::sso::{AUD, CB, claims, pkce};
 use serde_json::{Value, json};
 
@@ -137,6 +139,31 @@ enforce_device_binding = "none"
     for node in &n {
         sockets.push(node.socket(&token).await);
     }
+    // An operator on node 2 sees her three sockets, one per node, and the
+    // session tree.
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/v1/users/erin/connections", n[2].base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["sockets"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["nodes"], json!({"answered": 3, "asked": 3}), "{v}");
+    let nodes: std::collections::HashSet<&str> = v["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 3, "{v}");
+    assert_eq!(
+        v["sessions"][0]["native_sessions"][0]["web_sessions"][0]["id"],
+        json!(erin),
+        "{v}"
+    );
     for ws in &mut sockets {
         let m = ws.recv_json_within(Duration::from_secs(15)).await;
         assert_eq!(
@@ -151,6 +178,29 @@ enforce_device_binding = "none"
         (1, 1),
         "one notice per ended session: {:?}",
         backend.0.lock().unwrap()
+    );
+    // The audit trail is one for the cluster: read on node 1, the revocation
+    // taken by node 1 and the expiry, whichever node ended it.
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/v1/audit?limit=100", n[1].base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sources: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["source"].as_str().unwrap())
+        .collect();
+    assert!(sources.contains(&"oauth_revoke"), "{sources:?}");
+    assert_eq!(
+        sources.iter().filter(|s| **s == "session_expired").count(),
+        1,
+        "{sources:?}"
     );
     // The graphs agree on every node: the ended sessions stay ended.
     for node in &n {

@@ -26,8 +26,9 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// `admin` carries every other scope (an operator at the console).
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == scope)
+        self.scopes.iter().any(|s| s == scope || s == "admin")
     }
 
     /// `Ok` if the key carries `scope`, else `MissingScope` (403).

@@ -128,6 +128,11 @@ impl Authenticator {
         self.by_iss.get(iss).copied()
     }
 
+    /// Every trusted issuer's name, in configuration order.
+    pub fn issuer_names(&self) -> Vec<String> {
+        self.issuers.iter().map(|i| i.iss.clone()).collect()
+    }
+
     pub fn issuer_name(&self, id: IssuerId) -> &str {
         &self.issuers[id.0 as usize].iss
     }

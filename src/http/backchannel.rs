@@ -104,6 +104,9 @@ async fn backchannel_logout(State(app): State<Arc<App>>, req: Request) -> Respon
         sub: claims.sub.as_deref().map(Into::into),
         reason: "backchannel_logout".into(),
         source: "backchannel",
+        caller: crate::audit::Caller::Issuer {
+            iss: app.auth.issuer_name(claims.issuer).to_string(),
+        },
         wait_for_acks: None,
     };
     // A replayed token is acknowledged again, and nothing else happens.

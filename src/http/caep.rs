@@ -127,6 +127,9 @@ async fn push(State(app): State<Arc<App>>, req: Request) -> Response {
         sub: event.sub.as_deref().map(Into::into),
         reason: "session_revoked".into(),
         source: "caep",
+        caller: crate::audit::Caller::Issuer {
+            iss: app.auth.issuer_name(event.issuer).to_string(),
+        },
         wait_for_acks: None,
     };
     let keep = event.keep_until.saturating_mul(1000);

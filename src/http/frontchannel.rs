@@ -211,6 +211,11 @@ async fn confirmed(State(app): State<Arc<App>>, req: Request) -> Response {
             sub: Some(web.sub.as_str().into()),
             reason: "frontchannel_logout".into(),
             source: "frontchannel",
+            caller: crate::audit::Caller::User {
+                iss: app.hub_issuers.session.iss.clone(),
+                sub: web.sub.clone(),
+                client: None,
+            },
             wait_for_acks: None,
         })
         .await;

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use super::{ApiJson, Bearer};
 use crate::App;
+use crate::audit::Caller;
 use crate::auth::{Credential, IssuerId};
 use crate::error::ApiError;
 use crate::registry::{SessionKey, Target, UserKey};
@@ -81,7 +82,7 @@ async fn logout(
         }
         Some(ms) => Some(Duration::from_millis(ms)),
     };
-    let (target, sub, source) = match cred {
+    let (target, sub, source, caller) = match cred {
         Credential::User(p) => {
             let own_iss = app.auth.issuer_name(p.issuer);
             let other = body.sub.as_deref().is_some_and(|s| s != &*p.sub)
@@ -114,7 +115,12 @@ async fn logout(
                     })
                 }
             };
-            (target, Some(user.sub), "user")
+            let caller = Caller::User {
+                iss: own_iss.to_string(),
+                sub: p.sub.to_string(),
+                client: p.client_id.clone(),
+            };
+            (target, Some(user.sub), "user", caller)
         }
         Credential::Backend(key) => {
             key.require("logout:any")?;
@@ -141,7 +147,10 @@ async fn logout(
                     ));
                 }
             };
-            (target, body.sub.map(|s| s.0.into()), "api_key")
+            let caller = Caller::ApiKey {
+                name: key.name.clone(),
+            };
+            (target, body.sub.map(|s| s.0.into()), "api_key", caller)
         }
     };
     let outcome = app
@@ -150,6 +159,7 @@ async fn logout(
             sub,
             reason,
             source,
+            caller,
             wait_for_acks: wait,
         })
         .await

@@ -19,6 +19,7 @@
 //! Must not: contain business rules; handlers authenticate, validate and call
 //! `revocation`.
 
+pub mod admin;
 pub mod assets;
 pub mod backchannel;
 pub mod caep;
@@ -53,6 +54,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(oauth::router())
         .merge(revocations::router())
         .merge(dev::router())
+        .merge(admin::router())
         .layer(cors);
     Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::{ApiJson, Bearer};
 use crate::App;
+use crate::audit::{Action, Caller, Entry, Subject};
 use crate::auth::Credential;
 use crate::error::{ApiError, AuthError};
 use crate::registry::{SessionKey, Target, UserKey};
@@ -54,6 +55,9 @@ async fn revoke(
         return Err(AuthError::MissingScope("revoke").into());
     };
     key.require("revoke")?;
+    let caller = Caller::ApiKey {
+        name: key.name.clone(),
+    };
     let (what, sub) = match body {
         RevocationBody::RefreshToken { id, token } => match (id, token) {
             (Some(v), None) | (None, Some(v)) => (Revoke::RefreshToken(v.0), None),
@@ -126,12 +130,27 @@ async fn revoke(
                 sub: sub.as_deref().map(Into::into),
                 reason: "session_revoked".into(),
                 source: "revocation",
+                caller: caller.clone(),
                 wait_for_acks: None,
             })
             .await
             .map_err(unrecorded)?;
         logged_out = outcome.delivery.delivered;
     }
+    let counts = json!({
+        "web_sessions": revoked.web_sessions.len(),
+        "native_sessions": revoked.native_sessions.len(),
+        "refresh_tokens": revoked.refresh_tokens.len(),
+        "transfer_tokens": revoked.transfer_tokens,
+    });
+    let mut entry = Entry::new(Action::Revocation, "revocation", caller, subject_of(&what));
+    entry.target.sub = entry
+        .target
+        .sub
+        .or_else(|| revoked.web_sessions.first().map(|e| e.sub.clone()));
+    entry.reason = "session_revoked".into();
+    entry.outcome = json!({ "revoked": counts, "sockets_told_directly": logged_out });
+    app.audit.record(entry).await;
     Ok(Json(json!({
         "revoked": {
             "web_sessions": revoked.web_sessions.len(),
@@ -144,4 +163,27 @@ async fn revoke(
         "refresh_tokens": revoked.refresh_tokens,
         "sockets_told_directly": logged_out,
     })))
+}
+
+/// Whom a revocation aimed at, for the audit trail: names and ids only (a
+/// refresh token given by value is not recorded).
+fn subject_of(what: &Revoke) -> Subject {
+    match what {
+        Revoke::User { sub, iss } => Subject {
+            iss: iss.clone(),
+            sub: Some(sub.clone()),
+            sid: None,
+        },
+        Revoke::External { iss, sid } => Subject {
+            iss: Some(iss.clone()),
+            sub: None,
+            sid: Some(sid.clone()),
+        },
+        Revoke::Session(id) => Subject {
+            iss: None,
+            sub: None,
+            sid: Some(id.clone()),
+        },
+        _ => Subject::default(),
+    }
 }

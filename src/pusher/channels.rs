@@ -25,6 +25,8 @@ use crate::ws::conn::{Backlog, Wrote};
 pub struct PConn {
     pub socket_id: Box<str>,
     pub app: usize,
+    /// Who is at the other end (the admin API).
+    pub meta: Arc<crate::ws::conn::ConnMeta>,
     pub stream: TcpStream,
     out: Mutex<Outbox>,
     limit: usize,
@@ -38,10 +40,17 @@ struct Outbox {
 }
 
 impl PConn {
-    pub fn new(socket_id: String, app: usize, stream: TcpStream, limit: usize) -> PConn {
+    pub fn new(
+        socket_id: String,
+        app: usize,
+        stream: TcpStream,
+        limit: usize,
+        meta: Arc<crate::ws::conn::ConnMeta>,
+    ) -> PConn {
         PConn {
             socket_id: socket_id.into(),
             app,
+            meta,
             stream,
             out: Mutex::new(Outbox {
                 backlog: Backlog::default(),

@@ -422,7 +422,7 @@ async fn terminate(
     req: Request,
 ) -> Result<axum::Json<Value>, PusherHttpError> {
     let (index, _, _) = verified(&app, &id, req).await?;
-    app.pusher.terminate(index, &user).await;
+    terminated(&app, index, &user).await;
     Ok(axum::Json(json!({})))
 }
 
@@ -441,6 +441,24 @@ async fn terminate_unprefixed(
         .map(|i| app.pusher.apps()[i].id.clone())
         .ok_or_else(|| unauthorized("Unknown auth_key"))?;
     let (index, _, _) = verified(&app, &id, req).await?;
-    app.pusher.terminate(index, &user).await;
+    terminated(&app, index, &user).await;
     Ok(axum::Json(json!({})))
+}
+
+/// Closes a user's sockets on every node, audited as a logout by the app.
+async fn terminated(app: &App, index: usize, user: &str) {
+    app.pusher.terminate(index, user).await;
+    let app_id = app.pusher.apps()[index].id.clone();
+    let mut entry = crate::audit::Entry::new(
+        crate::audit::Action::Logout,
+        "pusher_terminate",
+        crate::audit::Caller::PusherApp { app: app_id },
+        crate::audit::Subject {
+            iss: app.pusher.apps()[index].logout_issuer.clone(),
+            sub: Some(user.to_string()),
+            sid: None,
+        },
+    );
+    entry.reason = "terminate_connections".into();
+    app.audit.record(entry).await;
 }

@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use crate::App;
 use crate::config::PusherAppSettings;
 use crate::store::presence::{Presence, Vanished};
-use crate::store::{Broker, PusherMessage};
+use crate::store::{Broker, NodeMessage};
 use crate::ws::codec;
 use channels::Channels;
 use protocol::PusherCode;
@@ -114,13 +114,13 @@ impl Pusher {
             .channels
             .publish(app, channel, &codec::text_frame(&text), except);
         if let Some(broker) = &self.broker {
-            let message = PusherMessage::Event {
+            let message = NodeMessage::Event {
                 app: self.apps[app].id.clone(),
                 channel: channel.to_string(),
                 frame: text,
                 except: except.map(str::to_string),
             };
-            if let Err(e) = broker.publish_pusher(&message).await {
+            if let Err(e) = broker.publish_node(&message).await {
                 tracing::warn!(error = %e, "pusher: an event did not reach the other nodes");
             }
         }
@@ -133,14 +133,14 @@ impl Pusher {
         self.channels
             .publish(app, channel, &codec::text_frame(&text), Some(except));
         if let Some(broker) = self.broker.clone() {
-            let message = PusherMessage::Event {
+            let message = NodeMessage::Event {
                 app: self.apps[app].id.clone(),
                 channel: channel.to_string(),
                 frame: text,
                 except: Some(except.to_string()),
             };
             tokio::spawn(async move {
-                if let Err(e) = broker.publish_pusher(&message).await {
+                if let Err(e) = broker.publish_node(&message).await {
                     tracing::warn!(error = %e, "pusher: a client event did not reach the other nodes");
                 }
             });
@@ -153,11 +153,11 @@ impl Pusher {
             conn.close(PusherCode::Unauthorized);
         }
         if let Some(broker) = &self.broker {
-            let message = PusherMessage::Terminate {
+            let message = NodeMessage::Terminate {
                 app: self.apps[app].id.clone(),
                 user: user.to_string(),
             };
-            if let Err(e) = broker.publish_pusher(&message).await {
+            if let Err(e) = broker.publish_node(&message).await {
                 tracing::warn!(error = %e, "pusher: a termination did not reach the other nodes");
             }
         }
@@ -171,9 +171,9 @@ impl Pusher {
     }
 
     /// What another node sent for this node's sockets.
-    pub fn heard(&self, message: PusherMessage) {
+    pub fn heard(&self, message: NodeMessage) {
         match message {
-            PusherMessage::Event {
+            NodeMessage::Event {
                 app,
                 channel,
                 frame,
@@ -185,13 +185,15 @@ impl Pusher {
                         .publish(i, &channel, &frame, except.as_deref());
                 }
             }
-            PusherMessage::Terminate { app, user } => {
+            NodeMessage::Terminate { app, user } => {
                 if let Some(i) = self.app_by_id(&app) {
                     for conn in self.channels.user_sockets(i, &user) {
                         conn.close(PusherCode::Unauthorized);
                     }
                 }
             }
+            // Not for Pusher sockets (`App::hear` answers it).
+            NodeMessage::Connections { .. } => {}
         }
     }
 
@@ -275,8 +277,8 @@ async fn upgrade(State(app): State<Arc<App>>, Path(key): Path<String>, req: Requ
     };
     match checked {
         Ok(index) => crate::ws::accept(&app, req, move |app, stream, early, guard| async move {
-            let _guard = guard;
-            socket::run(app, index, stream, early).await
+            let _limit = guard.limit;
+            socket::run(app, index, stream, early, guard.meta).await
         }),
         Err((code, message)) => {
             app.metrics.upgrade_rejected("pusher_refused");

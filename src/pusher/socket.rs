@@ -56,7 +56,13 @@ struct Session<'a> {
     messages: Budget,
 }
 
-pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
+pub async fn run(
+    app: Arc<App>,
+    index: usize,
+    stream: TcpStream,
+    early: Bytes,
+    meta: Arc<crate::ws::conn::ConnMeta>,
+) {
     app.metrics.sockets_opened.inc();
     let settings = &app.pusher.apps()[index];
     let socket_id = format!(
@@ -69,6 +75,7 @@ pub async fn run(app: Arc<App>, index: usize, stream: TcpStream, early: Bytes) {
         index,
         stream,
         app.config.ws.outbound_buffer_bytes,
+        meta,
     ));
     let mut s = Session {
         app: &app,

@@ -95,6 +95,11 @@ pub struct Minted {
     pub expires_in: u64,
     /// The rotated refresh token, when the native client rotates.
     pub refresh_token: Option<String>,
+    /// For the audit trail: the user (root issuer and subject) and the
+    /// native session the token stands for.
+    pub iss: String,
+    pub sub: String,
+    pub native_session: String,
 }
 
 /// A native session just opened.
@@ -144,6 +149,9 @@ pub enum Authorized {
         set_cookie: Option<String>,
         /// `new_session` (1), `same_user` (2), `existing_session` (no STT).
         outcome: &'static str,
+        /// For the audit trail: the user's root subject and the web session.
+        sub: String,
+        web_session: String,
     },
     /// Redirect with `error=login_required`. `ended`: the session of a
     /// different user this browser had (outcome 3), to be pushed.
@@ -374,6 +382,59 @@ impl Sessions {
     /// Forgets users whose whole graph has expired.
     pub fn purge(&self, now: i64) {
         self.store.purge(now);
+    }
+
+    /// A user's sessions as a tree (native sessions, the web sessions they
+    /// opened), for the admin API: ids, clients and deadlines, no secrets.
+    pub async fn tree(&self, iss: &str, sub: &str) -> Result<serde_json::Value, StoreError> {
+        use serde_json::json;
+        let tag = UserTag::of(iss, sub);
+        let Some(v) = self.store.load(&tag.0).await? else {
+            return Ok(
+                json!({ "iss": iss, "sub": sub, "native_sessions": [], "web_sessions": [] }),
+            );
+        };
+        let g: UserGraph = serde_json::from_str(&v.data)
+            .map_err(|e| StoreError::Corrupt(format!("session graph {}: {e}", tag.0)))?;
+        let now = util::now_ms();
+        let web = |w: &model::Web| {
+            json!({
+                "id": w.id, "clients": w.clients, "alive": w.alive(now),
+                "idle_deadline_ms": w.idle_ms, "absolute_deadline_ms": w.abs_ms,
+                "ended_at_ms": w.ended_at,
+            })
+        };
+        let natives: Vec<_> = g
+            .natives
+            .iter()
+            .map(|n| {
+                let webs: Vec<_> = g
+                    .webs
+                    .iter()
+                    .filter(|w| w.parents.contains(&n.id))
+                    .map(web)
+                    .collect();
+                json!({
+                    "id": n.id, "client": n.client_id, "upstream_sid": n.ext_sid,
+                    "alive": !n.revoked && now < n.expires_ms, "expires_ms": n.expires_ms,
+                    "web_sessions": webs,
+                })
+            })
+            .collect();
+        let orphans: Vec<_> = g
+            .webs
+            .iter()
+            .filter(|w| {
+                !w.parents
+                    .iter()
+                    .any(|p| g.natives.iter().any(|n| &n.id == p))
+            })
+            .map(web)
+            .collect();
+        Ok(json!({
+            "iss": iss, "sub": sub, "hub_subject": g.hub_subject(),
+            "native_sessions": natives, "web_sessions": orphans,
+        }))
     }
 
     /// A user's live (native, web) sessions.

@@ -122,6 +122,9 @@ impl Sessions {
             transfer_token,
             expires_in: (self.transfer_ttl_ms / 1000) as u64,
             refresh_token,
+            iss: g.iss.clone(),
+            sub: g.sub.clone(),
+            native_session: native.id.clone(),
         })
     }
 
@@ -175,6 +178,9 @@ impl Sessions {
                 transfer_token: self.issue_transfer(g, &native, None, ip, now)?,
                 expires_in: (self.transfer_ttl_ms / 1000) as u64,
                 refresh_token: None,
+                iss: g.iss.clone(),
+                sub: g.sub.clone(),
+                native_session: native,
             })
         })
         .await?

@@ -70,6 +70,8 @@ impl Sessions {
                         ),
                         set_cookie: None,
                         outcome: "existing_session",
+                        sub: g.sub.clone(),
+                        web_session: web,
                     }
                 })
                 .await?);
@@ -103,6 +105,8 @@ impl Sessions {
                             ),
                             set_cookie: None,
                             outcome: "same_user",
+                            sub: g.sub.clone(),
+                            web_session: web,
                         })
                     }
                     (false, _) if cookie_user.is_some() => Step::OtherUser(native),
@@ -172,6 +176,8 @@ impl Sessions {
                 r.code_challenge,
                 now,
             ),
+            sub: g.sub.clone(),
+            web_session: web.clone(),
             set_cookie: Some(cookie),
             outcome: "new_session",
         }

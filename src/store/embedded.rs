@@ -19,8 +19,8 @@
 //! start; afterwards this file is only written.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -34,15 +34,24 @@ fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
 /// Records per transaction at most (a bound on one commit's latency).
 const MAX_BATCH: usize = 1024;
 
+/// The audit trail: id (ordered by time) → entry JSON. Not loaded at start.
+const AUDIT: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("audit");
+
+type Done<T> = oneshot::Sender<Result<T, StoreError>>;
+
 enum Job {
-    Put(Record, oneshot::Sender<Result<(), StoreError>>),
-    Expire(i64, oneshot::Sender<Result<usize, StoreError>>),
+    Put(Record, Done<()>),
+    Audit(String, String, Done<()>),
+    Expire(i64, Done<usize>),
+    TrimAudit(String, usize, Done<usize>),
 }
 
-/// The writer thread's handle.
+/// The writer thread's handle, and the database for readers of the audit
+/// trail (redb lets reads run beside the writer).
 pub struct Journal {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    db: Arc<Database>,
 }
 
 /// Opens (or creates) the journal in `dir` and returns it with every record
@@ -65,12 +74,13 @@ pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), StoreError> {
         reason: e.to_string(),
         cause: Some(std::sync::Arc::new(e)),
     })?;
-    let db = Database::create(&path).map_err(open_error)?;
+    let db = Arc::new(Database::create(&path).map_err(open_error)?);
     let events = load(&db, &path)?;
     let (tx, rx) = mpsc::channel();
+    let writer_db = db.clone();
     let thread = std::thread::Builder::new()
         .name("slo-hub-journal".into())
-        .spawn(move || writer(db, rx))
+        .spawn(move || writer(&writer_db, rx))
         .map_err(|e| StoreError::Open {
             place,
             reason: e.to_string(),
@@ -80,6 +90,7 @@ pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), StoreError> {
         Journal {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            db,
         },
         events,
     ))
@@ -101,6 +112,7 @@ fn load(db: &Database, path: &Path) -> Result<Vec<Record>, StoreError> {
     for kind in Kind::ALL {
         w.open_table(table(kind)).map_err(|e| corrupt(&e))?;
     }
+    w.open_table(AUDIT).map_err(|e| corrupt(&e))?;
     // Dropping the old graph fails closed: every session, refresh and
     // transfer token in it becomes unknown (refused), and apps sign in again.
     let legacy = w
@@ -151,6 +163,68 @@ impl Journal {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Appends an audit entry, committed with whatever else is waiting.
+    pub async fn audit_append(&self, id: String, json: String) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Job::Audit(id, json, done))?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Removes audit entries below `cutoff` and beyond the newest `keep`,
+    /// at most [`super::audit::TRIM_BATCH`] per call.
+    pub async fn audit_trim(&self, cutoff: String, keep: usize) -> Result<usize, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Job::TrimAudit(cutoff, keep, done))?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Reads audit entries in `range` (newest first if `rev`), beside the
+    /// writer, on a blocking thread.
+    pub async fn audit_read(
+        &self,
+        from: Option<String>,
+        to: Option<String>,
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = db.begin_read().map_err(failed)?;
+            let t = r.open_table(AUDIT).map_err(failed)?;
+            let range = match (from.as_deref(), to.as_deref()) {
+                (Some(a), Some(b)) => t.range(a..b),
+                (Some(a), None) => t.range(a..),
+                (None, Some(b)) => t.range(..b),
+                (None, None) => t.range::<&str>(..),
+            }
+            .map_err(failed)?;
+            let mut out = Vec::new();
+            let mut push = |row: Result<
+                (redb::AccessGuard<&str>, redb::AccessGuard<&[u8]>),
+                redb::StorageError,
+            >| {
+                let (k, v) = row.map_err(failed)?;
+                out.push((
+                    k.value().to_string(),
+                    String::from_utf8_lossy(v.value()).into_owned(),
+                ));
+                Ok::<(), StoreError>(())
+            };
+            if rev {
+                for row in range.rev().take(limit) {
+                    push(row)?;
+                }
+            } else {
+                for row in range.take(limit) {
+                    push(row)?;
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::backend("the embedded store", e))?
+    }
+
     fn send(&self, job: Job) -> Result<(), StoreError> {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         tx.as_ref()
@@ -174,33 +248,73 @@ impl Drop for Journal {
     }
 }
 
-fn writer(db: Database, rx: mpsc::Receiver<Job>) {
+fn writer(db: &Database, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut records = Vec::new();
+        let mut audits = Vec::new();
         let mut job = Some(first);
         // Take everything already waiting: one transaction, one fsync.
         while let Some(j) = job.take() {
             match j {
                 Job::Put(r, done) => records.push((r, done)),
+                Job::Audit(id, json, done) => audits.push((id, json, done)),
                 Job::Expire(now, done) => {
-                    let _ = done.send(expire(&db, now));
+                    let _ = done.send(expire(db, now));
+                }
+                Job::TrimAudit(cutoff, keep, done) => {
+                    let _ = done.send(trim_audit(db, &cutoff, keep));
                 }
             }
-            if records.len() < MAX_BATCH {
+            if records.len() + audits.len() < MAX_BATCH {
                 job = rx.try_recv().ok();
             }
         }
-        if records.is_empty() {
+        if records.is_empty() && audits.is_empty() {
             continue;
         }
-        let result = commit(&db, records.iter().map(|(e, _)| e));
+        let result = commit(
+            db,
+            records.iter().map(|(e, _)| e),
+            audits
+                .iter()
+                .map(|(id, json, _)| (id.as_str(), json.as_str())),
+        );
         if let Err(e) = &result {
             tracing::error!(error = %e, "store: a commit failed; its triggers answer 503");
         }
         for (_, done) in records {
             let _ = done.send(result.clone());
         }
+        for (_, _, done) in audits {
+            let _ = done.send(result.clone());
+        }
     }
+}
+
+/// Deletes the oldest audit entries: those below `cutoff`, then any beyond
+/// the newest `keep`; one bounded batch, so triggers do not wait behind it.
+fn trim_audit(db: &Database, cutoff: &str, keep: usize) -> Result<usize, StoreError> {
+    let w = db.begin_write().map_err(failed)?;
+    let removed = {
+        let mut t = w.open_table(AUDIT).map_err(failed)?;
+        let total = t.len().map_err(failed)? as usize;
+        let over = total.saturating_sub(keep);
+        let mut doomed = Vec::new();
+        for row in t.iter().map_err(failed)?.take(super::audit::TRIM_BATCH) {
+            let (k, _) = row.map_err(failed)?;
+            let key = k.value().to_string();
+            if key.as_str() >= cutoff && doomed.len() >= over {
+                break;
+            }
+            doomed.push(key);
+        }
+        for k in &doomed {
+            t.remove(k.as_str()).map_err(failed)?;
+        }
+        doomed.len()
+    };
+    w.commit().map_err(failed)?;
+    Ok(removed)
 }
 
 /// A redb failure, with its cause.
@@ -208,8 +322,18 @@ fn failed(e: impl Into<redb::Error>) -> StoreError {
     StoreError::backend("the embedded store", e.into())
 }
 
-fn commit<'a>(db: &Database, records: impl Iterator<Item = &'a Record>) -> Result<(), StoreError> {
+fn commit<'a>(
+    db: &Database,
+    records: impl Iterator<Item = &'a Record>,
+    audits: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<(), StoreError> {
     let w = db.begin_write().map_err(failed)?;
+    {
+        let mut t = w.open_table(AUDIT).map_err(failed)?;
+        for (id, json) in audits {
+            t.insert(id, json.as_bytes()).map_err(failed)?;
+        }
+    }
     for r in records {
         let mut t = w.open_table(table(r.kind)).map_err(failed)?;
         // Never replace a record of a higher version, whatever order

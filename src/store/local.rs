@@ -8,11 +8,13 @@
 //! Must not: be shared by two processes (the journal's file lock refuses a
 //! second one).
 
+use std::sync::Arc;
+
 use super::embedded::Journal;
 use super::{BoxFuture, Durable, Kind, Record, StoreError};
 
 pub struct Local {
-    journal: Option<Journal>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Local {
@@ -22,7 +24,7 @@ impl Local {
     }
 
     /// Written through the embedded journal.
-    pub fn embedded(journal: Journal) -> Local {
+    pub fn embedded(journal: Arc<Journal>) -> Local {
         Local {
             journal: Some(journal),
         }

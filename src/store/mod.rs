@@ -20,6 +20,7 @@
 //! Must not: talk to sockets or decide revocation rules; it stores, hands
 //! over and answers.
 
+pub mod audit;
 pub mod embedded;
 pub mod graph;
 pub mod local;
@@ -236,14 +237,14 @@ pub enum Heard {
     /// This node missed logouts the broker no longer holds: its sockets
     /// must reconnect (and meet the watermarks).
     Missed,
-    /// A Pusher event or command for this node's sockets.
-    Pusher(PusherMessage),
+    /// A Pusher event, or a question, for this node.
+    Node(NodeMessage),
 }
 
 /// What a node's Pusher sockets must hear from another node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
-pub enum PusherMessage {
+pub enum NodeMessage {
     /// A frame (its JSON text) for a channel's sockets but `except`.
     Event {
         app: String,
@@ -253,6 +254,12 @@ pub enum PusherMessage {
     },
     /// Close every socket signed in as `user` (4009).
     Terminate { app: String, user: String },
+    /// The admin API asks every node for its sockets of these users
+    /// (issuer name, subject); each answers under `query`.
+    Connections {
+        query: String,
+        users: Vec<(String, String)>,
+    },
 }
 
 /// What the other nodes reported of one logout.
@@ -271,9 +278,9 @@ pub trait Broker: Send + Sync {
     fn publish<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Hands a Pusher event to every other node (best-effort, as Pusher's).
-    fn publish_pusher<'a>(
+    fn publish_node<'a>(
         &'a self,
-        message: &'a PusherMessage,
+        message: &'a NodeMessage,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Delivers what other nodes publish to `sink` until `stop`.
@@ -285,6 +292,9 @@ pub trait Broker: Send + Sync {
 
     /// Connected and caught up.
     fn is_ready(&self) -> bool;
+
+    /// This node's id among the others (random per process).
+    fn node_id(&self) -> &str;
 
     /// How long the node has been cut off from the broker, if it is.
     fn cut_off_for(&self) -> Option<std::time::Duration>;
@@ -299,6 +309,12 @@ pub trait Broker: Send + Sync {
         matched: usize,
         delivered: usize,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Answers a question another node asked ([`NodeMessage::Connections`]).
+    fn answer<'a>(&'a self, query: &'a str, json: String) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The answers to a question so far (one per node).
+    fn answers<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 
     /// Reports one acknowledgement here of a logout another node took.
     fn report_ack<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;

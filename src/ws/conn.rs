@@ -209,9 +209,22 @@ impl Outbox {
     }
 }
 
+/// Who is at the other end of a socket, for the admin API: the client's
+/// address (behind trusted proxies, the forwarded one), its `Origin` and
+/// `User-Agent` (interned: shared by the sockets that send the same), and
+/// when it connected.
+#[derive(Debug)]
+pub struct ConnMeta {
+    pub ip: std::net::IpAddr,
+    pub origin: Option<Arc<str>>,
+    pub user_agent: Option<Arc<str>>,
+    pub since_ms: i64,
+}
+
 pub struct Conn {
     /// Unique within this process; shown to the client as `connection_id`.
     pub id: u64,
+    pub meta: Arc<ConnMeta>,
     pub stream: TcpStream,
     out: Mutex<Outbox>,
     pub user: UserKey,
@@ -241,6 +254,7 @@ impl Conn {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
+        meta: Arc<ConnMeta>,
         stream: TcpStream,
         user: UserKey,
         session: Option<SessionKey>,
@@ -251,6 +265,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             id,
+            meta,
             stream,
             out: Mutex::new(Outbox {
                 backlog: Backlog::default(),

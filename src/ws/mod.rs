@@ -121,20 +121,31 @@ where
     };
     // Held by the socket task: the connection counts against its IP until
     // it closes. Behind a trusted proxy, against the client's address.
-    let mut guard = req.extensions_mut().remove::<Arc<ConnGuard>>();
+    let mut limit = req.extensions_mut().remove::<Arc<ConnGuard>>();
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(peer) = peer.filter(|p| app.proxies.is_trusted(*p)) {
-        let client = app.proxies.client_ip(peer, req.headers());
-        match app.limits.admit_client(client, guard.take()) {
-            Ok(g) => guard = Some(g),
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let client = app.proxies.client_ip(peer, req.headers());
+    if app.proxies.is_trusted(peer) {
+        match app.limits.admit_client(client, limit.take()) {
+            Ok(g) => limit = Some(g),
             Err(refusal) => {
                 return refuse(app, refusal.label(), ApiError::RateLimited);
             }
         }
     }
+    let text = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let guard = Guard {
+        limit,
+        meta: Arc::new(conn::ConnMeta {
+            ip: client,
+            origin: text(header::ORIGIN).map(|o| app.interned.get(o)),
+            user_agent: text(header::USER_AGENT).map(|u| app.interned.get(u)),
+            since_ms: crate::util::now_ms(),
+        }),
+    };
     let task_app = app.clone();
     app.tasks.spawn(async move {
         let Some((stream, early)) = upgraded_stream(on_upgrade).await else {

@@ -77,8 +77,12 @@ pub async fn run(app: Arc<App>, stream: TcpStream, early: Bytes, guard: Guard) {
     login(app, stream, start, guard).await;
 }
 
-/// What keeps a connection counted against its address.
-pub type Guard = Option<Arc<ConnGuard>>;
+/// What a socket carries from its upgrade: what keeps it counted against
+/// its address, and who is at the other end.
+pub struct Guard {
+    pub limit: Option<Arc<ConnGuard>>,
+    pub meta: Arc<crate::ws::conn::ConnMeta>,
+}
 
 /// One login: authenticate, register, say `ready`, then park the socket:
 /// from here on it has no task until something happens on it.
@@ -86,7 +90,7 @@ async fn login(app: Arc<App>, stream: TcpStream, start: Start, guard: Guard) {
     let Some((principal, leftover)) = begin(&app, &stream, start).await else {
         return;
     };
-    let conn = Arc::new(new_conn(&app, stream, principal));
+    let conn = Arc::new(new_conn(&app, stream, principal, guard.meta));
     if let Some(exit) = enter(&app, &conn).await {
         finish(&app, &conn, exit).await;
         return;
@@ -97,16 +101,17 @@ async fn login(app: Arc<App>, stream: TcpStream, start: Start, guard: Guard) {
         Live {
             conn,
             reader,
-            _guard: guard,
+            _limit: guard.limit,
         },
     );
 }
 
-/// A logged-in socket's state while it waits, parked (see `parked`).
+/// A logged-in socket's state while it waits, parked (see `parked`). Who
+/// is at the other end lives in the `Conn` (`meta`).
 struct Live {
     conn: Arc<Conn>,
     reader: Reader,
-    _guard: Guard,
+    _limit: Option<Arc<ConnGuard>>,
 }
 
 impl Idle for Live {
@@ -131,13 +136,17 @@ async fn after_steady(app: Arc<App>, live: Live, exit: Exit) {
     let Live {
         conn,
         mut reader,
-        _guard: guard,
+        _limit: limit,
     } = live;
     let Exit::Relogin(text) = exit else {
         finish(&app, &conn, exit).await;
         return;
     };
     app.metrics.relogins.inc();
+    let guard = Guard {
+        limit,
+        meta: conn.meta.clone(),
+    };
     match reclaim(&app, conn).await {
         Reclaimed::Stream(stream) => {
             // Bytes behind the new auth belong to the next login.
@@ -213,7 +222,12 @@ enum Start {
     Relogin(Box<str>, Vec<u8>),
 }
 
-fn new_conn(app: &App, stream: TcpStream, principal: Principal) -> Conn {
+fn new_conn(
+    app: &App,
+    stream: TcpStream,
+    principal: Principal,
+    meta: Arc<crate::ws::conn::ConnMeta>,
+) -> Conn {
     let Principal {
         issuer,
         sub,
@@ -228,6 +242,7 @@ fn new_conn(app: &App, stream: TcpStream, principal: Principal) -> Conn {
     let session = sid.map(|sid| SessionKey { iss: issuer, sid });
     Conn::new(
         app.next_conn_id(),
+        meta,
         stream,
         user,
         session,
@@ -812,6 +827,7 @@ mod tests {
             std::mem::size_of::<Reader>()
         );
         assert!(parked <= 128, "Parked<Live> is {parked} bytes");
-        assert!(conn <= 200, "Conn is {conn} bytes");
+        // 8 of them point at who is at the other end (`ConnMeta`, ~80 B).
+        assert!(conn <= 208, "Conn is {conn} bytes");
     }
 }

@@ -267,6 +267,11 @@ name = "test"
 sha256 = "{}"
 scopes = ["logout:any", "revoke"]
 
+[[api_keys]]
+name = "ops"
+sha256 = "{}"
+scopes = ["admin"]
+
 [[clients]]
 client_id = "native"
 kind = "native"
@@ -280,9 +285,13 @@ redirect_uris = ["{CB}"]
 allow_refresh_token = true
 enforce_device_binding = "none"
 "#,
-        sha256_hex(API_KEY)
+        sha256_hex(API_KEY),
+        sha256_hex(ADMIN_KEY)
     )
 }
+
+/// An API key with scope `admin` on every node of `node_config`.
+pub const ADMIN_KEY: &str = "slo_ops-admin-key-of-the-cluster-tests";
 
 impl Node {
     pub fn start(config: &str) -> Node {

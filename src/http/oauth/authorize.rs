@@ -261,9 +261,21 @@ pub async fn authorize(
             code,
             set_cookie: new_cookie,
             outcome,
+            sub,
+            web_session,
         }) => {
             tracing::info!(client = %client.client_id, outcome, "authorize: code issued");
             app.metrics.authorize_outcome(outcome);
+            if transfer_token.is_some() {
+                redeemed(
+                    &app,
+                    &client.client_id,
+                    Some(sub),
+                    Some(web_session),
+                    outcome,
+                )
+                .await;
+            }
             let mut params = vec![("code", code.as_str())];
             if !state.is_empty() {
                 params.push(("state", state));
@@ -284,6 +296,9 @@ pub async fn authorize(
         }) => {
             tracing::info!(client = %client.client_id, why, "authorize: login required");
             app.metrics.authorize_outcome("login_required");
+            if transfer_token.is_some() {
+                redeemed(&app, &client.client_id, None, None, why).await;
+            }
             if !ended.is_empty() {
                 let _ = app.deliver(&ended).await;
             }
@@ -308,4 +323,28 @@ pub async fn authorize(
         }
     }
     resp
+}
+
+/// Audits a presented transfer token: what became of it.
+async fn redeemed(
+    app: &App,
+    client_id: &str,
+    sub: Option<String>,
+    web_session: Option<String>,
+    result: &str,
+) {
+    let mut entry = crate::audit::Entry::new(
+        crate::audit::Action::TransferTokenRedeemed,
+        "authorize",
+        crate::audit::Caller::Client {
+            client_id: client_id.to_string(),
+        },
+        crate::audit::Subject {
+            iss: None,
+            sub,
+            sid: web_session,
+        },
+    );
+    entry.outcome = serde_json::json!({ "result": result });
+    app.audit.record(entry).await;
 }

@@ -135,5 +135,5 @@ pub async fn exchange(
         .sessions
         .mint_for_upstream_session(client_id, iss, &principal.sub, sid, ends_ms, ip)
         .await;
-    transfer_answer(app, minted).await
+    transfer_answer(app, client_id, minted).await
 }

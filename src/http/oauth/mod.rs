@@ -43,6 +43,7 @@ pub(crate) use authorize::{cookie, set_cookie};
 
 use super::no_store;
 use crate::App;
+use crate::audit::{Action, Caller, Entry, Subject};
 use crate::auth::clients::{ClientAuthError, Presented, basic_credentials};
 use crate::error::OAuthError;
 use crate::registry::{SessionKey, UserKey};
@@ -249,7 +250,7 @@ async fn token_inner(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<V
                     .sessions
                     .mint_with_refresh_token(client_id, refresh, ip)
                     .await;
-                Ok(transfer_answer(app, minted).await?)
+                Ok(transfer_answer(app, client_id, minted).await?)
             } else {
                 let granted = app.sessions.refresh_web(client_id, refresh).await;
                 let granted = refused_after_push(app, granted).await?;
@@ -297,6 +298,23 @@ async fn revoke(State(app): State<Arc<App>>, req: Request) -> Response {
         app.deliver(&revoked.web_sessions)
             .await
             .map_err(|e| OAuthError::TemporarilyUnavailable(format!("{e}; retry")))?;
+        if !revoked.refresh_tokens.is_empty() {
+            let mut entry = Entry::new(
+                Action::Revocation,
+                "oauth_revoke",
+                Caller::Client { client_id },
+                Subject {
+                    sub: revoked.web_sessions.first().map(|e| e.sub.clone()),
+                    ..Subject::default()
+                },
+            );
+            entry.outcome = json!({ "revoked": {
+                "web_sessions": revoked.web_sessions.len(),
+                "native_sessions": revoked.native_sessions.len(),
+                "refresh_tokens": revoked.refresh_tokens.len(),
+            }});
+            app.audit.record(entry).await;
+        }
         Ok(())
     };
     match answer.await {
@@ -324,10 +342,24 @@ async fn refused_after_push<T>(
 
 async fn transfer_answer(
     app: &Arc<App>,
+    client_id: &str,
     minted: Result<Minted, SessionError>,
 ) -> Result<Value, OAuthError> {
     let minted = refused_after_push(app, minted).await?;
     app.metrics.transfer_tokens_minted.inc();
+    let entry = Entry::new(
+        Action::TransferTokenMinted,
+        "oauth",
+        Caller::Client {
+            client_id: client_id.to_string(),
+        },
+        Subject {
+            iss: Some(minted.iss.clone()),
+            sub: Some(minted.sub.clone()),
+            sid: Some(minted.native_session.clone()),
+        },
+    );
+    app.audit.record(entry).await;
     let mut answer = json!({
         "access_token": minted.transfer_token,
         "issued_token_type": STT_TOKEN_TYPE,

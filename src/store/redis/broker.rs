@@ -1,5 +1,5 @@
-//! Cross-node fan-out on Redis streams (`slo:logouts`, and `slo:pusher`
-//! for Pusher events; both capped), not
+//! Cross-node fan-out on Redis streams (`slo:logouts`, and `slo:messages`
+//! for Pusher events and admin queries; both capped), not
 //! pub/sub: each node reads it with `XREAD BLOCK` from the last id it saw,
 //! so a node that lost Redis for a while resumes where it stopped and
 //! misses nothing still in the stream.
@@ -22,17 +22,22 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use super::{Conn, Redis, failed};
-use crate::store::{BoxFuture, Broker, Heard, PusherMessage, Reported, StoreError, StoredEvent};
+use crate::store::{BoxFuture, Broker, Heard, NodeMessage, Reported, StoreError, StoredEvent};
 use crate::util;
 
 fn outcome_key(event_id: &str) -> String {
     format!("slo:outcome:{event_id}")
 }
 
+fn answers_key(query: &str) -> String {
+    format!("slo:answers:{query}")
+}
+
 const STREAM: &str = "slo:logouts";
-/// Pusher events for other nodes' sockets (best-effort, as Pusher's).
-const PUSHER_STREAM: &str = "slo:pusher";
-const PUSHER_STREAM_MAX_LEN: usize = 100_000;
+/// Pusher events for other nodes' sockets (best-effort, as Pusher's) and
+/// questions to every node (the admin API).
+const NODE_STREAM: &str = "slo:messages";
+const NODE_STREAM_MAX_LEN: usize = 100_000;
 /// Nodes alive, by their last heartbeat (ms).
 pub(super) const NODES: &str = "slo:nodes";
 /// A node is alive while its heartbeat is this recent.
@@ -98,9 +103,9 @@ fn heard(entry: &redis::streams::StreamId, logouts: bool) -> Option<Heard> {
             .map(Heard::Logout)
     } else {
         let m: String = entry.get("m")?;
-        serde_json::from_str::<PusherMessage>(&m)
+        serde_json::from_str::<NodeMessage>(&m)
             .ok()
-            .map(Heard::Pusher)
+            .map(Heard::Node)
     }
 }
 
@@ -305,22 +310,22 @@ impl Broker for RedisBroker {
             tokio::join!(
                 self.clone().heartbeat(stop.clone()),
                 self.read(STREAM, &*sink, &stop),
-                self.read(PUSHER_STREAM, &*sink, &stop),
+                self.read(NODE_STREAM, &*sink, &stop),
             );
         })
     }
 
-    fn publish_pusher<'a>(
+    fn publish_node<'a>(
         &'a self,
-        message: &'a PusherMessage,
+        message: &'a NodeMessage,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let data = serde_json::to_string(message).unwrap_or_default();
             let mut cmd = redis::cmd("XADD");
-            cmd.arg(PUSHER_STREAM)
+            cmd.arg(NODE_STREAM)
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(PUSHER_STREAM_MAX_LEN)
+                .arg(NODE_STREAM_MAX_LEN)
                 .arg("*")
                 .arg("n")
                 .arg(&self.redis.node_id)
@@ -328,6 +333,10 @@ impl Broker for RedisBroker {
                 .arg(&data);
             self.redis.retried::<String>(&cmd).await.map(|_| ())
         })
+    }
+
+    fn node_id(&self) -> &str {
+        &self.redis.node_id
     }
 
     fn is_ready(&self) -> bool {
@@ -372,6 +381,33 @@ impl Broker for RedisBroker {
             pipe.query_async::<()>(&mut self.redis.conn())
                 .await
                 .map_err(super::failed)
+        })
+    }
+
+    fn answer<'a>(&'a self, query: &'a str, json: String) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = answers_key(query);
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(&self.redis.node_id)
+                .arg(json)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(OUTCOME_TTL_MS)
+                .ignore();
+            pipe.query_async::<()>(&mut self.redis.conn())
+                .await
+                .map_err(super::failed)
+        })
+    }
+
+    fn answers<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("HVALS");
+            cmd.arg(answers_key(query));
+            self.redis.retried(&cmd).await
         })
     }
 

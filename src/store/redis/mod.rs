@@ -15,6 +15,7 @@
 //!
 //! Must not: decide revocation rules or touch sockets.
 
+mod audit;
 mod broker;
 mod graph;
 mod presence;
@@ -27,6 +28,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
 
+pub use audit::RedisAudit;
 pub use broker::RedisBroker;
 pub use graph::RedisGraphs;
 pub use presence::RedisPresence;
