@@ -70,6 +70,8 @@ pub struct App {
     pub notifier: Notifier,
     /// Pusher-protocol apps, channels and users.
     pub pusher: Pusher,
+    /// The console's samples and Pusher debug feed.
+    pub console: Arc<crate::console::Console>,
     /// Every logout, revocation and transfer, recorded.
     pub audit: crate::audit::Audit,
     /// The other nodes, when there are any (`cluster`).

@@ -30,6 +30,7 @@ pub fn spawn_all(app: &Arc<App>, windows: Arc<crate::ws::window::Windows>) {
     app.tasks.spawn(crate::logout::outbox(app.clone()));
     app.tasks
         .spawn(crate::pusher::subscriptions::run(app.clone()));
+    app.tasks.spawn(crate::console::sampler(app.clone()));
     let vanished = app.clone();
     app.tasks.spawn(app.pusher.presence().clone().maintain(
         Arc::new(move |v| crate::pusher::vanished(&vanished, v)),

@@ -36,6 +36,7 @@
 //! * [`store`] — what outlives a process and what nodes share: the
 //!   embedded journal, or Redis.
 //! * [`audit`] — the audit trail of logouts, revocations and transfers.
+//! * [`console`] — the operator console's samples and live feed.
 //! * [`error`] — every status and close code, mapped in one place.
 //! * [`metrics`] — Prometheus counters.
 //!
@@ -46,6 +47,7 @@ pub mod audit;
 pub mod auth;
 pub mod background;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod error;
 pub mod http;

@@ -202,7 +202,13 @@ fn print_banner(hub: &Hub) {
     }
     lines.push(format!("  client lib   {url}/static/slo-client.js"));
     lines.push(format!("  health       {url}/healthz  {url}/readyz"));
-    lines.push(format!("  metrics      {url}/metrics"));
+    let ops = hub
+        .operator_addr
+        .map_or_else(|| url.clone(), |a| format!("http://{a}"));
+    lines.push(format!("  metrics      {ops}/metrics"));
+    if app.config.console.enabled {
+        lines.push(format!("  console      {ops}/console"));
+    }
     if app.hub_issuers.dev.is_some() {
         lines.push(format!(
             "  dev token    curl -s -XPOST {url}/dev/token -H 'content-type: application/json' -d '{{\"sub\":\"alice\"}}'"
@@ -213,7 +219,7 @@ fn print_banner(hub: &Hub) {
     }
     if let Some(path) = &app.dev_api_key_file {
         lines.push(format!(
-            "  dev API key  in {} (scopes: logout:any, revoke)",
+            "  dev API key  in {} (every scope: logout:any, revoke, audit:read, admin)",
             path.display()
         ));
     }

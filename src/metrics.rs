@@ -57,6 +57,25 @@ pub struct Metrics {
     pub socket_panics: Counter,
     /// Audit entries the store could not record.
     pub audit_errors: Counter,
+    /// 1 when `/readyz` would answer 200 (set at each scrape).
+    pub ready: Gauge,
+    /// Several nodes: 1 while the broker (Redis) is connected.
+    pub cluster_connected: Gauge,
+    /// What the console plots, between two of its samples.
+    pub console: ConsoleCounts,
+}
+
+/// Latencies kept between two console samples at most (a second's worth at
+/// any realistic rate; beyond, the sample is of the first ones).
+const RECENT_FANOUT: usize = 8192;
+
+/// Counts the console's sampler reads (`console`).
+#[derive(Default)]
+pub struct ConsoleCounts {
+    /// Logouts so far, by source.
+    pub logouts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Fan-out latencies (s) since the last sample.
+    pub recent_fanout: std::sync::Mutex<Vec<f32>>,
 }
 
 impl Default for Metrics {
@@ -91,6 +110,14 @@ impl Metrics {
         let backchannel_retries = Counter::default();
         let socket_panics = Counter::default();
         let audit_errors = Counter::default();
+        let ready = Gauge::default();
+        let cluster_connected = Gauge::default();
+        registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        registry.register(
+            "cluster_connected",
+            "1 while this node reaches Redis (several nodes only)",
+            cluster_connected.clone(),
+        );
         registry.register(
             "audit_errors",
             "Audit entries the store could not record",
@@ -191,6 +218,17 @@ impl Metrics {
             "Sockets closed by the hub, by close code",
             ws_closed.clone(),
         );
+        // Known series exist from the start, at 0, so `increase()` sees
+        // their first event and dashboards show them before it.
+        for source in ["user", "api_key", "backchannel", "caep", "revocation", "frontchannel"] {
+            drop(logout_events.get_or_create(&vec![("source", source)]));
+        }
+        for outcome in ["delivered", "refused", "failed"] {
+            drop(backchannel_sent.get_or_create(&vec![("outcome", outcome)]));
+        }
+        for reason in ["connections_total", "connections_per_ip", "connect_rate_per_ip"] {
+            drop(upgrades_rejected.get_or_create(&vec![("reason", reason)]));
+        }
         Metrics {
             registry,
             connections,
@@ -213,6 +251,9 @@ impl Metrics {
             backchannel_retries,
             socket_panics,
             audit_errors,
+            ready,
+            cluster_connected,
+            console: ConsoleCounts::default(),
         }
     }
 
@@ -238,6 +279,26 @@ impl Metrics {
         self.logout_events
             .get_or_create(&vec![("source", source)])
             .inc();
+        *self
+            .console
+            .logouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(source)
+            .or_default() += 1;
+    }
+
+    /// A trigger's fan-out latency (seconds), for Prometheus and the console.
+    pub fn fanout(&self, secs: f64) {
+        self.fanout_latency.observe(secs);
+        let mut recent = self
+            .console
+            .recent_fanout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if recent.len() < RECENT_FANOUT {
+            recent.push(secs as f32);
+        }
     }
 
     pub fn authorize_outcome(&self, outcome: &'static str) {
@@ -263,8 +324,79 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        // The process's own figures, under Prometheus' usual names, before
+        // the closing `# EOF`.
+        if let Some(eof) = out.rfind("# EOF") {
+            out.insert_str(eof, &process_metrics());
+        }
         out
     }
+}
+
+/// `process_*` metrics from /proc (Linux): resident memory, open and
+/// maximum file descriptors, CPU seconds, start time. Empty elsewhere.
+fn process_metrics() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let page = 4096.0;
+    let ticks = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let mut gauge = |name: &str, help: &str, kind: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            let _ = write!(out, "# TYPE {name} {kind}\n# HELP {name} {help}\n");
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            let _ = writeln!(out, "{name}{suffix} {v}");
+        }
+    };
+    let cpu = field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks);
+    gauge(
+        "process_cpu_seconds",
+        "User and system CPU time spent.",
+        "counter",
+        cpu,
+    );
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|p| p * page);
+    gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size.",
+        "gauge",
+        rss,
+    );
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as f64);
+    gauge("process_open_fds", "Open file descriptors.", "gauge", fds);
+    let max = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map(|v| v as f64);
+    gauge(
+        "process_max_fds",
+        "Maximum open file descriptors.",
+        "gauge",
+        max,
+    );
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    let start = boot.zip(field(22)).map(|(b, t)| b + t / ticks);
+    gauge(
+        "process_start_time_seconds",
+        "Start time since the epoch.",
+        "gauge",
+        start,
+    );
+    out
 }
 
 /// Close codes as static label values (the set is closed, see `error::CloseCode`).

@@ -373,9 +373,7 @@ impl Revocation {
             }
         });
         let delivery = self.registry.publish(&order.target, &frame);
-        self.metrics
-            .fanout_latency
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.fanout(started.elapsed().as_secs_f64());
         self.metrics
             .messages_delivered
             .inc_by(delivery.delivered as u64);

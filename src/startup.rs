@@ -66,6 +66,8 @@ pub struct Hub {
     app: Arc<App>,
     /// Where the hub listens.
     pub addr: SocketAddr,
+    /// Where the operator's endpoints listen, when not on `addr`.
+    pub operator_addr: Option<SocketAddr>,
     /// The demo apps: (name, address).
     pub demos: Vec<(&'static str, SocketAddr)>,
 }
@@ -74,6 +76,8 @@ pub struct Hub {
 struct Listeners {
     main: TcpListener,
     addr: SocketAddr,
+    /// The operator's endpoints' own listener (`console.listen`).
+    operator: Option<(TcpListener, SocketAddr)>,
     demos: Vec<(&'static demo::DemoApp, TcpListener)>,
     demo_addrs: Vec<(&'static str, SocketAddr)>,
 }
@@ -114,9 +118,20 @@ fn bind(config: &mut Config) -> Result<Listeners, StartError> {
         .iter()
         .filter_map(|(d, l)| l.local_addr().ok().map(|a| (d.name, a)))
         .collect();
+    let operator = match config.console.listen {
+        Some(at) => {
+            let l = server::bind(at).map_err(|source| StartError::Bind { addr: at, source })?;
+            let a = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr: at, source })?;
+            Some((l, a))
+        }
+        None => None,
+    };
     Ok(Listeners {
         main: listener,
         addr,
+        operator,
         demos,
         demo_addrs,
     })
@@ -417,6 +432,7 @@ impl Hub {
             "connection limits"
         );
         let tasks = TaskTracker::new();
+        let console = Arc::new(crate::console::Console::default());
         let notifier = notify::Notifier::new(
             &config.notify,
             &clients,
@@ -450,7 +466,9 @@ impl Hub {
                 &config.pusher_apps,
                 stores.presence,
                 stores.broker.clone(),
+                console.clone(),
             ),
+            console,
             broker: stores.broker,
             audit: crate::audit::Audit::new(
                 stores.audit,
@@ -474,6 +492,7 @@ impl Hub {
         let Listeners {
             main,
             addr,
+            operator,
             demos: demo_listeners,
             demo_addrs,
         } = listeners;
@@ -485,9 +504,15 @@ impl Hub {
             router = router.merge(demo::native_sim(&app, &demo_addrs));
         }
         app.tasks.spawn(server::serve(app.clone(), main, router));
+        let operator_addr = operator.map(|(l, a)| {
+            let r = http::operator_router(app.clone());
+            app.tasks.spawn(server::serve(app.clone(), l, r));
+            a
+        });
         Ok(Hub {
             app,
             addr,
+            operator_addr,
             demos: demo_addrs,
         })
     }

@@ -371,4 +371,3 @@ mod tests {
         assert_ne!(a, random_id());
     }
 }
-

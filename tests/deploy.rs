@@ -275,3 +275,69 @@ server {{
     drop((a1, a2, b));
     assert_eq!(hub.terminate().0, 0);
 }
+
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_name_metrics_the_hub_exports() {
+    // Rules parse as YAML (python3's parser); the dashboard as JSON.
+    let Some(python) = common::require_program("python3", &[]) else {
+        return;
+    };
+    let rules = repo("deploy/prometheus/slo-hub-alerts.yml");
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/grafana/slo-hub-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<String> = rules["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["expr"].as_str().unwrap().to_string())
+        .collect();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    let hub = common::TestHub::start().await;
+    let metrics = hub
+        .http
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !(word.starts_with("slo_hub_") || word.starts_with("process_")) {
+                continue;
+            }
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(word);
+            assert!(
+                metrics.contains(&format!("# TYPE {family} ")),
+                "{word} (in `{e}`) is not exported"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 15, "{checked}");
+}

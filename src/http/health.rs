@@ -16,7 +16,11 @@ pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics`: on the main listener, or the operator's (`console.listen`).
+pub fn metrics_router() -> Router<Arc<App>> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// Answers at once: nothing it reads waits on I/O (a JWKS fetch or Redis
@@ -35,6 +39,10 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    app.metrics.ready.set(i64::from(app.problems().is_empty()));
+    if let Some(b) = &app.broker {
+        app.metrics.cluster_connected.set(i64::from(b.is_ready()));
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod assets;
 pub mod backchannel;
 pub mod caep;
+pub mod console;
 pub mod dev;
 pub mod frontchannel;
 pub mod health;
@@ -45,6 +46,8 @@ use crate::App;
 use crate::auth::Credential;
 use crate::error::{ApiError, AuthError, ErrorCode};
 
+/// Everything apps and users reach; with the operator's endpoints too,
+/// unless those have a listener of their own (`console.listen`).
 pub fn router(app: Arc<App>) -> Router {
     let cors = cors(&app);
     let api = Router::new()
@@ -54,16 +57,37 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(oauth::router())
         .merge(revocations::router())
         .merge(dev::router())
-        .merge(admin::router())
         .layer(cors);
-    Router::new()
+    let mut r = Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
         .merge(crate::pusher::router())
         .merge(api)
         .merge(frontchannel::router())
         .merge(health::router())
-        .merge(assets::router())
-        .fallback(|| async { ApiError::NotFound })
+        .merge(assets::router());
+    if app.config.console.listen.is_none() {
+        r = r.merge(operator(&app));
+    }
+    finish(app, r)
+}
+
+/// The operator's endpoints alone (metrics, audit, admin API, console),
+/// for `console.listen`; health too, for that port's checks.
+pub fn operator_router(app: Arc<App>) -> Router {
+    let r = operator(&app).merge(health::router());
+    finish(app, r)
+}
+
+fn operator(app: &App) -> Router<Arc<App>> {
+    let mut r = health::metrics_router().merge(admin::router());
+    if app.config.console.enabled {
+        r = r.merge(console::router());
+    }
+    r
+}
+
+fn finish(app: Arc<App>, r: Router<Arc<App>>) -> Router {
+    r.fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(
             app.clone(),
             count_rejections,

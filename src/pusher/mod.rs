@@ -49,6 +49,8 @@ pub struct Pusher {
     subscriptions: Subscriptions,
     presence: Arc<dyn Presence>,
     broker: Option<Arc<dyn Broker>>,
+    /// Channel events for a connected console (its debug view).
+    console: Arc<crate::console::Console>,
 }
 
 impl Pusher {
@@ -56,6 +58,7 @@ impl Pusher {
         apps: &[PusherAppSettings],
         presence: Arc<dyn Presence>,
         broker: Option<Arc<dyn Broker>>,
+        console: Arc<crate::console::Console>,
     ) -> Pusher {
         Pusher {
             by_key: apps
@@ -73,6 +76,14 @@ impl Pusher {
             subscriptions: Subscriptions::default(),
             presence,
             broker,
+            console,
+        }
+    }
+
+    /// Shows an event in a connected console's debug view.
+    fn show(&self, app: usize, channel: &str, text: &str) {
+        if self.console.watching() {
+            self.console.pusher_event(&self.apps[app].id, channel, text);
         }
     }
 
@@ -110,6 +121,7 @@ impl Pusher {
         text: String,
         except: Option<&str>,
     ) -> usize {
+        self.show(app, channel, &text);
         let here = self
             .channels
             .publish(app, channel, &codec::text_frame(&text), except);
@@ -130,6 +142,7 @@ impl Pusher {
     /// Like [`Pusher::publish`], without waiting for the broker (a socket's
     /// client event).
     pub fn publish_detached(&self, app: usize, channel: &str, text: String, except: &str) {
+        self.show(app, channel, &text);
         self.channels
             .publish(app, channel, &codec::text_frame(&text), Some(except));
         if let Some(broker) = self.broker.clone() {

@@ -51,7 +51,8 @@ enum Job {
 pub struct Journal {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    db: Arc<Database>,
+    /// Taken at close, so the file (and its lock) is released then.
+    db: Mutex<Option<Arc<Database>>>,
 }
 
 /// Opens (or creates) the journal in `dir` and returns it with every record
@@ -90,7 +91,7 @@ pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), StoreError> {
         Journal {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            db,
+            db: Mutex::new(Some(db)),
         },
         events,
     ))
@@ -187,7 +188,12 @@ impl Journal {
         rev: bool,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let db = self.db.clone();
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
             let r = db.begin_read().map_err(failed)?;
             let t = r.open_table(AUDIT).map_err(failed)?;
@@ -239,6 +245,7 @@ impl Journal {
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
+        self.db.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
