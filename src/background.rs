@@ -6,8 +6,8 @@
 //! * `expire_web_sessions` — ends web sessions at their deadline and
 //!   pushes their logout at that moment;
 //! * `logout::outbox` — notices that fell due;
-//! * Pusher: the subscription task (joins and leaves in order) and the
-//!   presence sweep (a dead node's members removed);
+//! * Pusher: the subscription task (joins and leaves in order), the
+//!   webhook sender and the presence sweep (a dead node's members removed);
 //! * the broker's follower (other nodes' logouts), the JWKS refreshers,
 //!   the heartbeat sweep and the re-login windows (`ws`).
 //!
@@ -30,6 +30,7 @@ pub fn spawn_all(app: &Arc<App>, windows: Arc<crate::ws::window::Windows>) {
     app.tasks.spawn(crate::logout::outbox(app.clone()));
     app.tasks
         .spawn(crate::pusher::subscriptions::run(app.clone()));
+    app.tasks.spawn(crate::pusher::webhooks::run(app.clone()));
     app.tasks.spawn(crate::console::sampler(app.clone()));
     let vanished = app.clone();
     app.tasks.spawn(app.pusher.presence().clone().maintain(

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub backchannel_sent: Family<Labels, Counter>,
     /// Back-channel logout attempts that failed and were retried.
     pub backchannel_retries: Counter,
+    /// Pusher webhook requests, by outcome (retries counted once each).
+    pub webhooks: Family<Labels, Counter>,
     /// Socket polls that panicked (a bug; the socket was closed 1011).
     pub socket_panics: Counter,
     /// Audit entries the store could not record.
@@ -108,6 +110,12 @@ impl Metrics {
         let authorize_outcomes = Family::<Labels, Counter>::default();
         let backchannel_sent = Family::<Labels, Counter>::default();
         let backchannel_retries = Counter::default();
+        let webhooks = Family::<Labels, Counter>::default();
+        registry.register(
+            "pusher_webhooks",
+            "Pusher webhook requests by outcome: delivered, retried, refused, failed (gave up), dropped (queue full)",
+            webhooks.clone(),
+        );
         let socket_panics = Counter::default();
         let audit_errors = Counter::default();
         let ready = Gauge::default();
@@ -220,13 +228,27 @@ impl Metrics {
         );
         // Known series exist from the start, at 0, so `increase()` sees
         // their first event and dashboards show them before it.
-        for source in ["user", "api_key", "backchannel", "caep", "revocation", "frontchannel"] {
+        for source in [
+            "user",
+            "api_key",
+            "backchannel",
+            "caep",
+            "revocation",
+            "frontchannel",
+        ] {
             drop(logout_events.get_or_create(&vec![("source", source)]));
         }
         for outcome in ["delivered", "refused", "failed"] {
             drop(backchannel_sent.get_or_create(&vec![("outcome", outcome)]));
         }
-        for reason in ["connections_total", "connections_per_ip", "connect_rate_per_ip"] {
+        for outcome in ["delivered", "retried", "refused", "failed", "dropped"] {
+            drop(webhooks.get_or_create(&vec![("outcome", outcome)]));
+        }
+        for reason in [
+            "connections_total",
+            "connections_per_ip",
+            "connect_rate_per_ip",
+        ] {
             drop(upgrades_rejected.get_or_create(&vec![("reason", reason)]));
         }
         Metrics {
@@ -249,6 +271,7 @@ impl Metrics {
             authorize_outcomes,
             backchannel_sent,
             backchannel_retries,
+            webhooks,
             socket_panics,
             audit_errors,
             ready,
@@ -303,6 +326,12 @@ impl Metrics {
 
     pub fn authorize_outcome(&self, outcome: &'static str) {
         self.authorize_outcomes
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhooks
             .get_or_create(&vec![("outcome", outcome)])
             .inc();
     }

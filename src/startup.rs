@@ -404,6 +404,15 @@ impl Hub {
             tracing::warn!("{w}; /readyz answers 503 until the config has one");
         }
         let origins = build_origins(&config, &public_url, &listeners.demo_addrs, &clients);
+        for a in &config.pusher_apps {
+            tracing::info!(
+                app = %a.id,
+                enabled = a.enabled,
+                origins = %a.allowed_origins.join(" "),
+                webhooks = a.webhooks.len(),
+                "pusher app: pages of these origins may open sockets (\"*\": any)"
+            );
+        }
         let (auth, dev_api_key_file) = build_auth(&config, &issuers).await?;
 
         let metrics = Arc::new(Metrics::new());
@@ -467,6 +476,7 @@ impl Hub {
                 stores.presence,
                 stores.broker.clone(),
                 console.clone(),
+                metrics.clone(),
             ),
             console,
             broker: stores.broker,

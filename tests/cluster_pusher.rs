@@ -149,3 +149,60 @@ async fn a_killed_nodes_presence_members_are_removed_in_bounded_time() {
     );
     assert_eq!(users(&survivor.base, room).await, ["watcher"]);
 }
+
+/// Webhooks on three nodes: each change of a presence channel is sent
+/// once by the cluster, whichever nodes its sockets are on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_fire_once_per_cluster_not_once_per_node() {
+    use common::pusher::{events_until, receiver};
+    let Some(bin) = redis_bin() else { return };
+    slo_hub::auth::crypto::install();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = single_redis(&bin, dir.path());
+    let (url, mut rx) = receiver(0).await;
+    let config = pusher_config(&redis.url()).replacen(
+        "enable_client_messages = true\n",
+        &format!("enable_client_messages = true\nwebhooks = [{{ url = \"{url}\" }}]\n"),
+        1,
+    );
+    let n = [
+        Node::start(&config),
+        Node::start(&config),
+        Node::start(&config),
+    ];
+    let room = "presence-room";
+    let mut seen = Vec::new();
+    let (mut a1, id) = socket(&n[0].base).await;
+    join(&mut a1, &id, room, "alice").await;
+    events_until(&mut rx, &mut seen, 2).await;
+    let (mut a2, id) = socket(&n[1].base).await;
+    join(&mut a2, &id, room, "alice").await;
+    let (mut b, id) = socket(&n[2].base).await;
+    join(&mut b, &id, room, "bob").await;
+    events_until(&mut rx, &mut seen, 3).await;
+    b.close().await;
+    events_until(&mut rx, &mut seen, 4).await;
+    a1.close().await;
+    a2.close().await;
+    events_until(&mut rx, &mut seen, 6).await;
+    let names: Vec<String> = seen
+        .iter()
+        .map(|e| format!("{} {}", e["name"], e["user_id"]))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "\"channel_occupied\" null",
+            "\"member_added\" \"alice\"",
+            "\"member_added\" \"bob\"",
+            "\"member_removed\" \"bob\"",
+            "\"member_removed\" \"alice\"",
+            "\"channel_vacated\" null",
+        ]
+    );
+    // Nothing more comes: a marker channel's own events arrive next.
+    let (mut m, id) = socket(&n[2].base).await;
+    join(&mut m, &id, "presence-marker", "m").await;
+    events_until(&mut rx, &mut seen, 8).await;
+    assert_eq!(seen[6]["channel"], "presence-marker", "{seen:?}");
+}

@@ -63,6 +63,14 @@ impl IntoResponse for PusherHttpError {
             format!("{}\n", self.2),
         )
             .into_response();
+        // The body was left unread: say the connection ends, so a client's
+        // keep-alive pool does not send its next request into a closed socket.
+        if self.1 == "payload_too_large" {
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         resp.extensions_mut().insert(ErrorCode(self.1));
         resp
     }
@@ -100,6 +108,13 @@ async fn verified(
         ));
     };
     let settings = &app.pusher.apps()[index];
+    if !settings.enabled {
+        return Err(PusherHttpError(
+            StatusCode::FORBIDDEN,
+            "app_disabled",
+            format!("App {} is disabled", protocol::truncate(id)),
+        ));
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut query = BTreeMap::new();
@@ -240,6 +255,7 @@ async fn send(
 ) -> Result<Option<Map<String, Value>>, PusherHttpError> {
     for c in &ev.channels {
         let text = protocol::event_text(&ev.name, Some(c), &ev.data);
+        app.pusher.remember(index, c, &text).await;
         app.pusher
             .publish(index, c, text, ev.socket_id.as_deref())
             .await;
@@ -365,7 +381,8 @@ async fn channels(
         .await
         .map_err(unavailable)?;
     for (name, _, users) in occupied {
-        if name.starts_with(protocol::USER_CHANNEL_PREFIX) {
+        // `#…`: user channels and the internal connection count.
+        if name.starts_with('#') {
             continue;
         }
         let v = if want_users {

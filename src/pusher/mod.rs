@@ -8,7 +8,8 @@
 //!   channel and signed-in user; `subscriptions` — joins and leaves in
 //!   order, counted cluster-wide (`store::presence`) and announced once;
 //!   `http` — `/apps/{id}/...` with Pusher's request signing; `protocol` —
-//!   frames, codes, names, signatures.
+//!   frames, codes, names, signatures; `webhooks` — what changed, POSTed
+//!   to the apps' webhook URLs.
 //! * On several nodes every event goes to the others through the broker
 //!   ([`Pusher::publish`]); each node delivers to its own sockets.
 //!
@@ -20,6 +21,7 @@ pub mod http;
 pub mod protocol;
 mod socket;
 pub mod subscriptions;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use axum::routing::get;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use crate::App;
@@ -47,10 +49,12 @@ pub struct Pusher {
     by_id: HashMap<String, usize>,
     channels: Channels,
     subscriptions: Subscriptions,
+    webhooks: webhooks::Webhooks,
     presence: Arc<dyn Presence>,
     broker: Option<Arc<dyn Broker>>,
     /// Channel events for a connected console (its debug view).
     console: Arc<crate::console::Console>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Pusher {
@@ -59,6 +63,7 @@ impl Pusher {
         presence: Arc<dyn Presence>,
         broker: Option<Arc<dyn Broker>>,
         console: Arc<crate::console::Console>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Pusher {
         Pusher {
             by_key: apps
@@ -74,9 +79,11 @@ impl Pusher {
             apps: apps.to_vec(),
             channels: Channels::default(),
             subscriptions: Subscriptions::default(),
+            webhooks: webhooks::Webhooks::new(apps.iter().map(|a| !a.webhooks.is_empty())),
             presence,
             broker,
             console,
+            metrics,
         }
     }
 
@@ -109,6 +116,41 @@ impl Pusher {
 
     pub fn presence(&self) -> &Arc<dyn Presence> {
         &self.presence
+    }
+
+    pub fn webhooks(&self) -> &webhooks::Webhooks {
+        &self.webhooks
+    }
+
+    /// Queues a webhook event of `app` (`name`, on `channel`, with `extra`
+    /// members); a full queue drops it (counted).
+    pub fn webhook(&self, app: usize, name: &str, channel: &str, extra: Value) {
+        // Internal channels (`#…`: connection counts) are no one's business.
+        if !self.webhooks.wanted(app) || channel.starts_with('#') {
+            return;
+        }
+        let mut event = json!({ "name": name, "channel": channel });
+        if let (Value::Object(e), Value::Object(x)) = (&mut event, extra) {
+            e.extend(x);
+        }
+        if !self.webhooks.emit(app, event) {
+            self.metrics.webhook("dropped");
+        }
+    }
+
+    /// Keeps an event of a cache channel for late subscribers; others
+    /// are not kept.
+    pub async fn remember(&self, app: usize, channel: &str, text: &str) {
+        if !protocol::is_cache(channel) {
+            return;
+        }
+        if let Err(e) = self
+            .presence
+            .cache_put(&self.apps[app].id, channel, text)
+            .await
+        {
+            tracing::warn!(error = %e, "pusher: a cache channel's event was not kept");
+        }
     }
 
     /// Sends an event (its JSON text) to a channel's sockets on every node
@@ -244,12 +286,23 @@ pub fn vanished(app: &Arc<App>, v: Vanished) {
             let Some(index) = app.pusher.app_by_id(&id) else {
                 return;
             };
+            app.pusher.webhook(
+                index,
+                "member_removed",
+                &channel,
+                json!({ "user_id": user_id }),
+            );
             let a = app.clone();
             app.tasks.spawn(async move {
                 a.pusher.member_removed(index, &channel, &user_id).await;
             });
         }
-        Vanished::Channel { .. } => {}
+        Vanished::Channel { app: id, channel } => {
+            if let Some(index) = app.pusher.app_by_id(&id) {
+                app.pusher
+                    .webhook(index, "channel_vacated", &channel, json!({}));
+            }
+        }
         // Our members are gone from the count: the sockets join again.
         Vanished::Us => app.pusher.channels.close_subscribed(PusherCode::Restart),
     }
@@ -261,19 +314,38 @@ pub fn router() -> Router<Arc<App>> {
         .merge(http::router())
 }
 
-/// `GET /app/{key}?protocol=7`: an unknown key or protocol is told on the
-/// socket (`pusher:error`, then the close code), as Pusher does, because
-/// clients act on those codes, not on HTTP statuses.
+/// `GET /app/{key}?protocol=7`: an unknown key or protocol, a disabled
+/// app or an origin the app does not allow is told on the socket
+/// (`pusher:error`, then the close code), as Pusher does, because clients
+/// act on those codes, not on HTTP statuses.
 async fn upgrade(State(app): State<Arc<App>>, Path(key): Path<String>, req: Request) -> Response {
     let protocol = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "protocol")
             .map(|(_, v)| v.into_owned())
     });
-    let checked = match (app.pusher.app_by_key(&key), protocol.as_deref()) {
+    let origin = req
+        .headers()
+        .get(axum::http::header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("?"));
+    let found = app
+        .pusher
+        .app_by_key(&key)
+        .map(|i| (i, &app.pusher.apps[i]));
+    let checked = match (found, protocol.as_deref()) {
         (None, _) => Err((
             PusherCode::AppNotFound,
             format!("App key {} not in this cluster", protocol::truncate(&key)),
+        )),
+        (Some((_, a)), _) if !a.enabled => Err((PusherCode::AppDisabled, "App is disabled".into())),
+        // Pages are held to the app's list; clients without `Origin` are
+        // not browsers, and no header could hold them to it.
+        (Some((_, a)), _) if origin.is_some_and(|o| !a.allows_origin(o)) => Err((
+            PusherCode::Unauthorized,
+            format!(
+                "Origin {} is not allowed for this app",
+                protocol::truncate(origin.unwrap_or_default())
+            ),
         )),
         (_, None) => Err((
             PusherCode::NoProtocol,
@@ -286,16 +358,16 @@ async fn upgrade(State(app): State<Arc<App>>, Path(key): Path<String>, req: Requ
                 protocol::truncate(p)
             ),
         )),
-        (Some(index), _) => Ok(index),
+        (Some((index, _)), _) => Ok(index),
     };
     match checked {
-        Ok(index) => crate::ws::accept(&app, req, move |app, stream, early, guard| async move {
+        Ok(index) => crate::ws::handshake(&app, req, move |app, stream, early, guard| async move {
             let _limit = guard.limit;
             socket::run(app, index, stream, early, guard.meta).await
         }),
         Err((code, message)) => {
             app.metrics.upgrade_rejected("pusher_refused");
-            crate::ws::accept(&app, req, move |_app, stream, _early, _guard| {
+            crate::ws::handshake(&app, req, move |_app, stream, _early, _guard| {
                 refuse(stream, code, message)
             })
         }

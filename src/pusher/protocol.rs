@@ -16,10 +16,6 @@ pub const PROTOCOL: u32 = 7;
 pub const MAX_CHANNEL_NAME: usize = 200;
 /// Longest event name.
 pub const MAX_EVENT_NAME: usize = 200;
-/// Members of one presence channel, and the size of one member's
-/// `user_info` (Pusher's limits).
-pub const MAX_PRESENCE_MEMBERS: usize = 100;
-pub const MAX_USER_INFO_BYTES: usize = 1024;
 /// Prefix of the channel a signed-in user's sockets receive server events on.
 pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
 /// The event the hub's logout bridge sends (the seed article's name).
@@ -31,6 +27,10 @@ pub const LOGOUT_EVENT: &str = "slo-event";
 pub enum PusherCode {
     /// 4001: no app with this key.
     AppNotFound,
+    /// 4003: the app is disabled.
+    AppDisabled,
+    /// 4004: the app is over its connection quota.
+    OverQuota,
     /// 4007: a protocol other than 7; 4008: none given.
     UnsupportedProtocol,
     NoProtocol,
@@ -50,6 +50,8 @@ impl PusherCode {
     pub fn code(self) -> u16 {
         match self {
             PusherCode::AppNotFound => 4001,
+            PusherCode::AppDisabled => 4003,
+            PusherCode::OverQuota => 4004,
             PusherCode::UnsupportedProtocol => 4007,
             PusherCode::NoProtocol => 4008,
             PusherCode::Unauthorized => 4009,
@@ -100,6 +102,19 @@ pub enum ChannelKind {
     Presence,
     /// `#server-to-user-{id}`: only through `pusher:signin`.
     User,
+}
+
+/// Cache channels keep their last event for late subscribers
+/// (`cache-`, `private-cache-`, `private-encrypted-cache-`, `presence-cache-`).
+pub fn is_cache(name: &str) -> bool {
+    [
+        "cache-",
+        "private-cache-",
+        "private-encrypted-cache-",
+        "presence-cache-",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 /// The kind of a channel, or why its name is refused.

@@ -27,10 +27,9 @@ use crate::ws::conn::read_available;
 use crate::ws::partial::Held;
 
 const READ_CHUNK: usize = 4096;
-/// Client events per second a socket may send (Pusher's limit).
-const CLIENT_EVENTS_PER_SEC: u32 = 10;
-/// Channels one socket may be subscribed to at once.
-const MAX_SUBSCRIPTIONS: usize = 100;
+/// Frames beyond its subscriptions a socket may send at once: pusher-js
+/// sends every subscription together on each connect.
+const BURST_OVER_SUBSCRIPTIONS: u32 = 20;
 
 /// How the socket ends.
 enum End {
@@ -44,16 +43,18 @@ enum End {
 
 /// A socket's own state.
 struct Session<'a> {
-    app: &'a App,
+    app: &'a Arc<App>,
     settings: &'a PusherAppSettings,
     conn: Arc<PConn>,
     /// Channel → the presence user id it joined as (None: not presence).
     subscribed: HashMap<Box<str>, Option<Box<str>>>,
     user: Option<Box<str>>,
-    /// Client events: Pusher's 10 per second.
+    /// Client events: the app's `max_client_events_per_sec`.
     client_events: Budget,
-    /// Every frame: `ws.max_messages_per_sec`, burst `ws.message_burst`.
+    /// Every frame: `ws.max_messages_per_sec`, burst `burst`.
     messages: Budget,
+    /// `ws.message_burst`, or room for every subscription at once.
+    burst: u32,
 }
 
 pub async fn run(
@@ -77,25 +78,35 @@ pub async fn run(
         app.config.ws.outbound_buffer_bytes,
         meta,
     ));
+    let subscriptions = u32::try_from(settings.max_subscriptions_per_socket).unwrap_or(u32::MAX);
+    let burst = app
+        .config
+        .ws
+        .message_burst
+        .max(subscriptions.saturating_add(BURST_OVER_SUBSCRIPTIONS));
     let mut s = Session {
         app: &app,
         settings,
         conn: conn.clone(),
         subscribed: HashMap::new(),
         user: None,
-        client_events: Budget::new(CLIENT_EVENTS_PER_SEC),
-        messages: Budget::new(app.config.ws.message_burst),
+        client_events: Budget::new(settings.max_client_events_per_sec),
+        messages: Budget::new(burst),
+        burst,
     };
     let established = json!({
         "socket_id": conn.socket_id,
         "activity_timeout": settings.activity_timeout_secs,
     })
     .to_string();
-    conn.send(&protocol::event_frame(
-        "pusher:connection_established",
-        None,
-        &established,
-    ));
+    let established = protocol::event_frame("pusher:connection_established", None, &established);
+    match settings.max_connections {
+        // Counted cluster-wide first; told then (or refused 4004).
+        Some(max) => app.pusher.subscriptions().connect(&conn, established, max),
+        None => {
+            conn.send(&established);
+        }
+    }
     let silence = Duration::from_secs(settings.activity_timeout_secs * 2);
     let mut last_seen = tokio::time::Instant::now();
     let mut decoder = Decoder::new(Role::Server, app.config.ws.max_message_bytes);
@@ -234,10 +245,7 @@ impl Session<'_> {
     fn handle(&mut self, m: Message<'_>, out: &mut Vec<u8>) -> Option<End> {
         let ws = &self.app.config.ws;
         // Every frame costs one, whatever it carries.
-        if !self
-            .messages
-            .take(1, ws.max_messages_per_sec, ws.message_burst)
-        {
+        if !self.messages.take(1, ws.max_messages_per_sec, self.burst) {
             // Reconnect with backoff (4100-4199), not at once.
             return Some(End::Close(
                 PusherCode::OverCapacity.code(),
@@ -355,14 +363,20 @@ impl Session<'_> {
                     return refuse(out, 400, "invalid user_id");
                 }
                 let info = cd.get("user_info").cloned().unwrap_or(json!({}));
-                if info.to_string().len() > protocol::MAX_USER_INFO_BYTES {
-                    return refuse(out, 413, "user_info is larger than 1 KB");
+                let limit = self.settings.max_presence_member_bytes;
+                if info.to_string().len() > limit {
+                    return refuse(out, 413, &format!("user_info is larger than {limit} bytes"));
                 }
                 member = Some((id, info));
             }
         }
-        if !self.subscribed.contains_key(name) && self.subscribed.len() >= MAX_SUBSCRIPTIONS {
-            return refuse(out, 429, "a socket may hold at most 100 subscriptions");
+        let max = self.settings.max_subscriptions_per_socket;
+        if !self.subscribed.contains_key(name) && self.subscribed.len() >= max {
+            return refuse(
+                out,
+                429,
+                &format!("a socket of this app may hold at most {max} subscriptions"),
+            );
         }
         if kind == ChannelKind::User {
             // Delivered by sign-in (`Channels::publish`), not by subscription.
@@ -469,10 +483,8 @@ impl Session<'_> {
             ));
             return;
         }
-        if !self
-            .client_events
-            .take(1, CLIENT_EVENTS_PER_SEC, CLIENT_EVENTS_PER_SEC)
-        {
+        let rate = self.settings.max_client_events_per_sec;
+        if !self.client_events.take(1, rate, rate) {
             out.extend(protocol::error_frame(
                 Some(PusherCode::ClientEventRateLimit.code()),
                 "client event rejected due to rate limit",
@@ -483,12 +495,33 @@ impl Session<'_> {
         if let Some(id) = member {
             v["user_id"] = Value::from(&**id);
         }
-        self.app.pusher.publish_detached(
-            self.conn.app,
-            channel,
-            v.to_string(),
-            &self.conn.socket_id,
-        );
+        let pusher = &self.app.pusher;
+        let text = v.to_string();
+        if pusher.webhooks().wanted(self.conn.app) {
+            // Pusher's webhook carries `data` as the string the client sent.
+            let data = match &msg["data"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let mut extra =
+                json!({ "event": event, "data": data, "socket_id": &*self.conn.socket_id });
+            if let Some(id) = member {
+                extra["user_id"] = Value::from(&**id);
+            }
+            pusher.webhook(self.conn.app, "client_event", channel, extra);
+        }
+        if protocol::is_cache(channel) {
+            let (app, index, channel, text) = (
+                Arc::clone(self.app),
+                self.conn.app,
+                channel.to_string(),
+                text.clone(),
+            );
+            self.app.tasks.spawn(async move {
+                app.pusher.remember(index, &channel, &text).await;
+            });
+        }
+        pusher.publish_detached(self.conn.app, channel, text, &self.conn.socket_id);
     }
 
     fn leave_all(&mut self) {
@@ -498,6 +531,13 @@ impl Session<'_> {
         }
         if let Some(id) = self.user.take() {
             self.app.pusher.channels().sign_out(&self.conn, &id);
+        }
+        if self.settings.max_connections.is_some() {
+            self.app.pusher.subscriptions().leave(
+                &self.conn,
+                super::subscriptions::CONNECTIONS,
+                None,
+            );
         }
     }
 }

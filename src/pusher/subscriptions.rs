@@ -19,9 +19,14 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use super::channels::PConn;
-use super::protocol::{self, MAX_PRESENCE_MEMBERS};
+use super::protocol::{self, PusherCode};
 use crate::App;
-use crate::store::presence::{Joined, Member};
+use crate::store::presence::{Joined, Left, Member};
+
+/// The internal channel every socket of an app with `max_connections`
+/// joins, so the app's sockets are counted cluster-wide like a channel's.
+/// `#` keeps it out of every client channel name and listing.
+pub const CONNECTIONS: &str = "#connections";
 
 /// Joins waiting at most; past it a subscribe is refused (retry), so a
 /// slow store cannot make the queue grow without bound. Leaves always queue.
@@ -29,6 +34,13 @@ const MAX_PENDING_JOINS: usize = 10_000;
 const RETRY: Duration = Duration::from_secs(1);
 
 pub enum Op {
+    /// A new socket of an app with a connection quota: counted, then
+    /// `established` is sent, or it is refused 4004.
+    Connect {
+        conn: Arc<PConn>,
+        established: Vec<u8>,
+        max: u64,
+    },
     Join {
         conn: Arc<PConn>,
         channel: Box<str>,
@@ -77,6 +89,15 @@ impl Subscriptions {
         true
     }
 
+    /// Queues the count of a new socket (its app has a connection quota).
+    pub fn connect(&self, conn: &Arc<PConn>, established: Vec<u8>, max: u64) {
+        let _ = self.tx.send(Op::Connect {
+            conn: conn.clone(),
+            established,
+            max,
+        });
+    }
+
     pub fn leave(&self, conn: &Arc<PConn>, channel: &str, user_id: Option<&str>) {
         let _ = self.tx.send(Op::Leave {
             conn: conn.clone(),
@@ -114,6 +135,15 @@ pub async fn run(app: Arc<App>) {
         };
         let Some(op) = op else { return };
         match op {
+            Op::Connect {
+                conn,
+                established,
+                max,
+            } => {
+                if connect(&app, &conn, &established, max, &mut unrecorded).await {
+                    joined.insert((conn.app, conn.socket_id.clone(), CONNECTIONS.into()));
+                }
+            }
             Op::Join {
                 conn,
                 channel,
@@ -146,6 +176,47 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
+/// Counts a new socket against its app's quota; true if it is in.
+async fn connect(
+    app: &App,
+    conn: &Arc<PConn>,
+    established: &[u8],
+    max: u64,
+    unrecorded: &mut VecDeque<Unrecorded>,
+) -> bool {
+    let app_id = &app.pusher.apps()[conn.app].id;
+    match app
+        .pusher
+        .presence()
+        .join(app_id, CONNECTIONS, None, usize::MAX)
+        .await
+    {
+        Ok(Joined::Ok { sockets, .. }) if sockets <= max => {
+            conn.send(established);
+            true
+        }
+        Ok(_) => {
+            unrecorded.push_back((app_id.clone(), CONNECTIONS.into(), None));
+            record_leaves(app, unrecorded).await;
+            conn.send(&protocol::error_frame(
+                Some(PusherCode::OverQuota.code()),
+                &format!("the app is at its maximum of {max} connections"),
+            ));
+            conn.close(PusherCode::OverQuota);
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "pusher: a connection could not be counted; refused");
+            conn.send(&protocol::error_frame(
+                Some(PusherCode::OverCapacity.code()),
+                "the cluster store is unreachable; reconnect later",
+            ));
+            conn.close(PusherCode::OverCapacity);
+            false
+        }
+    }
+}
+
 /// Counts a join and answers it; true if the socket is in the channel.
 /// `first`: not a repeated subscribe of the same socket.
 async fn join(
@@ -155,11 +226,17 @@ async fn join(
     member: Option<Member>,
     first: bool,
 ) -> bool {
-    let app_id = &app.pusher.apps()[conn.app].id;
+    let settings = &app.pusher.apps()[conn.app];
+    let app_id = &settings.id;
     let presence = app.pusher.presence();
     let joined = if first {
         presence
-            .join(app_id, channel, member.as_ref(), MAX_PRESENCE_MEMBERS)
+            .join(
+                app_id,
+                channel,
+                member.as_ref(),
+                settings.max_presence_members,
+            )
             .await
     } else {
         // Answered again, with who is there now; counted once.
@@ -168,21 +245,26 @@ async fn join(
             .await
             .map(|members| Joined::Ok {
                 channel_first: false,
+                sockets: 0,
                 member_first: false,
                 members,
             })
     };
-    let (member_first, members) = match joined {
+    let (channel_first, sockets, member_first, members) = match joined {
         Ok(Joined::Ok {
+            channel_first,
+            sockets,
             member_first,
             members,
-            ..
-        }) => (member_first, members),
+        }) => (channel_first, sockets, member_first, members),
         Ok(Joined::Full) => {
             conn.send(&protocol::subscription_error_frame(
                 channel,
                 403,
-                "the presence channel has its maximum of 100 members",
+                &format!(
+                    "the presence channel has its maximum of {} members",
+                    settings.max_presence_members
+                ),
             ));
             return false;
         }
@@ -206,14 +288,78 @@ async fn join(
         Some(channel),
         &data,
     ));
-    if let (Some(m), true) = (member, member_first) {
+    if protocol::is_cache(channel) {
+        replay(app, conn, channel).await;
+    }
+    if channel_first {
+        app.pusher
+            .webhook(conn.app, "channel_occupied", channel, json!({}));
+    }
+    if let (Some(m), true) = (&member, member_first) {
+        app.pusher.webhook(
+            conn.app,
+            "member_added",
+            channel,
+            json!({ "user_id": m.user_id }),
+        );
         let data = json!({ "user_id": m.user_id, "user_info": info(&m.info) }).to_string();
         let text = protocol::event_text("pusher_internal:member_added", Some(channel), &data);
         app.pusher
             .publish(conn.app, channel, text, Some(&conn.socket_id))
             .await;
     }
+    if first && member.is_none() {
+        subscription_count(app, conn.app, channel, sockets).await;
+    }
     true
+}
+
+/// A cache channel's last event to its new subscriber, or `pusher:cache_miss`.
+async fn replay(app: &App, conn: &PConn, channel: &str) {
+    let id = &app.pusher.apps()[conn.app].id;
+    match app.pusher.presence().cache_get(id, channel).await {
+        Ok(Some(text)) => {
+            conn.send(&crate::ws::codec::text_frame(&text));
+        }
+        Ok(None) => {
+            conn.send(&protocol::event_frame(
+                "pusher:cache_miss",
+                Some(channel),
+                "{}",
+            ));
+            app.pusher
+                .webhook(conn.app, "cache_miss", channel, json!({}));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "pusher: a cache channel's event could not be read");
+            conn.send(&protocol::event_frame(
+                "pusher:cache_miss",
+                Some(channel),
+                "{}",
+            ));
+        }
+    }
+}
+
+/// Tells a public or private channel's sockets how many they are, if the
+/// app asked for it (Pusher's `subscription_count`; not on presence).
+async fn subscription_count(app: &App, index: usize, channel: &str, sockets: u64) {
+    if !app.pusher.apps()[index].subscription_count
+        || sockets == 0
+        || channel.starts_with('#')
+        || channel.starts_with("presence-")
+    {
+        return;
+    }
+    let data = json!({ "subscription_count": sockets }).to_string();
+    let text = protocol::event_text("pusher_internal:subscription_count", Some(channel), &data);
+    app.pusher.publish(index, channel, text, None).await;
+    app.pusher.webhook(
+        index,
+        "subscription_count",
+        channel,
+        json!({ "subscription_count": sockets }),
+    );
 }
 
 /// Records leaves in order; what the store refuses waits for the next try
@@ -227,10 +373,8 @@ async fn record_leaves(app: &App, unrecorded: &mut VecDeque<Unrecorded>) {
             .await;
         match left {
             Ok(left) => {
-                if let (true, Some(user), Some(index)) =
-                    (left.member_last, user_id, app.pusher.app_by_id(app_id))
-                {
-                    app.pusher.member_removed(index, channel, user).await;
+                if let Some(index) = app.pusher.app_by_id(app_id) {
+                    announce_leave(app, index, channel, user_id.as_deref(), &left).await;
                 }
                 unrecorded.pop_front();
             }
@@ -239,6 +383,21 @@ async fn record_leaves(app: &App, unrecorded: &mut VecDeque<Unrecorded>) {
                 return;
             }
         }
+    }
+}
+
+/// What a recorded leave changed, told to the channel and the webhooks.
+async fn announce_leave(app: &App, index: usize, channel: &str, user: Option<&str>, left: &Left) {
+    if let (true, Some(user)) = (left.member_last, user) {
+        app.pusher
+            .webhook(index, "member_removed", channel, json!({ "user_id": user }));
+        app.pusher.member_removed(index, channel, user).await;
+    }
+    if left.channel_empty {
+        app.pusher
+            .webhook(index, "channel_vacated", channel, json!({}));
+    } else if user.is_none() {
+        subscription_count(app, index, channel, left.sockets).await;
     }
 }
 

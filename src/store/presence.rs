@@ -30,6 +30,8 @@ pub enum Joined {
     Ok {
         /// The channel was empty before (cluster-wide).
         channel_first: bool,
+        /// Sockets in the channel now, cluster-wide.
+        sockets: u64,
         /// Presence: the user had no socket there before.
         member_first: bool,
         /// Presence: every member (user id, `user_info` JSON).
@@ -42,6 +44,8 @@ pub enum Joined {
 pub struct Left {
     /// The channel has no socket left (cluster-wide).
     pub channel_empty: bool,
+    /// Sockets left in the channel, cluster-wide.
+    pub sockets: u64,
     /// Presence: the user's last socket there left.
     pub member_last: bool,
 }
@@ -62,6 +66,9 @@ pub enum Vanished {
     /// sockets must join again.
     Us,
 }
+
+/// How long a cache channel keeps its last event (Pusher: 30 minutes).
+pub const CACHE_TTL_MS: i64 = 30 * 60 * 1000;
 
 /// One occupied channel: name, sockets, presence users.
 pub type Occupied = (String, u64, u64);
@@ -98,6 +105,22 @@ pub trait Presence: Send + Sync {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>>;
 
+    /// Keeps `event` (its JSON text) as the last of cache channel `channel`
+    /// for [`CACHE_TTL_MS`].
+    fn cache_put<'a>(
+        &'a self,
+        app: &'a str,
+        channel: &'a str,
+        event: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The last event of a cache channel, if one is kept.
+    fn cache_get<'a>(
+        &'a self,
+        app: &'a str,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+
     /// Removes dead nodes' parts and reports what vanished, until `stop`.
     fn maintain(
         self: Arc<Self>,
@@ -117,6 +140,8 @@ struct Channel {
 #[derive(Default)]
 pub struct LocalPresence {
     channels: Mutex<HashMap<(String, String), Channel>>,
+    /// Cache channels' last events: (app, channel) → (event, expires at ms).
+    cache: Mutex<HashMap<(String, String), (String, i64)>>,
 }
 
 impl LocalPresence {
@@ -164,6 +189,7 @@ impl Presence for LocalPresence {
             }
             Joined::Ok {
                 channel_first: ch.sockets == 1,
+                sockets: ch.sockets,
                 member_first,
                 members: if member.is_some() {
                     sorted(&ch.members)
@@ -197,12 +223,14 @@ impl Presence for LocalPresence {
                     member_last = true;
                 }
             }
-            let channel_empty = ch.sockets == 0;
+            let sockets = ch.sockets;
+            let channel_empty = sockets == 0;
             if channel_empty {
                 map.remove(&key);
             }
             Left {
                 channel_empty,
+                sockets,
                 member_last,
             }
         });
@@ -235,6 +263,40 @@ impl Presence for LocalPresence {
                 .unwrap_or_default()
         });
         Box::pin(async move { Ok(members) })
+    }
+
+    fn cache_put<'a>(
+        &'a self,
+        app: &'a str,
+        channel: &'a str,
+        event: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let now = crate::util::now_ms();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired entries go as new ones come, so the map stays bounded by
+        // the channels written within one TTL.
+        if cache.len() >= 1024 && cache.len().is_power_of_two() {
+            cache.retain(|_, (_, until)| *until > now);
+        }
+        cache.insert(
+            (app.to_string(), channel.to_string()),
+            (event.to_string(), now + CACHE_TTL_MS),
+        );
+        Box::pin(async { Ok(()) })
+    }
+
+    fn cache_get<'a>(
+        &'a self,
+        app: &'a str,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let now = crate::util::now_ms();
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let found = cache
+            .get(&(app.to_string(), channel.to_string()))
+            .filter(|(_, until)| *until > now)
+            .map(|(e, _)| e.clone());
+        Box::pin(async move { Ok(found) })
     }
 
     fn maintain(

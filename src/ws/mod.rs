@@ -4,7 +4,8 @@
 //!   `Origin` allow-list, RFC 6455 handshake headers) happens here, before the
 //!   101, because after the upgrade there is no status code left to answer with;
 //!   and the heartbeat sweeper.
-//! * `socket` — one socket's life after the upgrade.
+//! * `socket` — one socket's life after the upgrade: login there,
+//!   `socket::steady` (parked reading and flushing), `socket::close`.
 //! * `parked` — how an idle socket waits without a task.
 //! * `window` — when a logged-out socket's re-login window ends.
 //! * `conn` — the socket as publishers see it (direct, bounded writes).
@@ -82,7 +83,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request) -> Response {
 /// checked before the 101; then `run` gets the upgraded stream (and bytes
 /// the client sent behind the handshake) in a task the hub owns, with the
 /// guard that counts the connection against its address until `run` drops it.
-pub fn accept<F, Fut>(app: &Arc<App>, mut req: Request, run: F) -> Response
+pub fn accept<F, Fut>(app: &Arc<App>, req: Request, run: F) -> Response
 where
     F: FnOnce(Arc<App>, TcpStream, Bytes, Guard) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -94,6 +95,16 @@ where
             ApiError::Forbidden("this origin may not open a socket to the hub".into()),
         );
     }
+    handshake(app, req, run)
+}
+
+/// [`accept`] without the hub's `Origin` allow-list: for an endpoint that
+/// checks origins its own way (a Pusher app's list, told on the socket).
+pub fn handshake<F, Fut>(app: &Arc<App>, mut req: Request, run: F) -> Response
+where
+    F: FnOnce(Arc<App>, TcpStream, Bytes, Guard) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let key = match check_handshake(req.headers()) {
         Ok(k) => k,
         Err(Handshake::WrongVersion) => {

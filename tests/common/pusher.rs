@@ -1,7 +1,15 @@
 //! The Pusher app of the tests and Pusher's request signing, as the
 //! server SDKs do it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use serde_json::Value;
 use slo_hub::config::{Config, PusherAppSettings};
+use slo_hub::pusher::protocol::sign;
+use tokio::sync::mpsc;
 
 use super::{TEST_ISS, TestHub};
 
@@ -11,13 +19,9 @@ pub const APP_SECRET: &str = "slo-app-secret-0123456789";
 
 pub fn pusher_app(c: &mut Config) {
     c.pusher_apps = vec![PusherAppSettings {
-        id: APP_ID.into(),
-        key: APP_KEY.into(),
-        secret: APP_SECRET.into(),
         enable_client_messages: true,
-        max_event_bytes: 10 * 1024,
-        activity_timeout_secs: 120,
         logout_issuer: Some(TEST_ISS.into()),
+        ..PusherAppSettings::new(APP_ID, APP_KEY, APP_SECRET)
     }];
 }
 
@@ -136,6 +140,9 @@ pub async fn run_scenario(ports: &[String]) -> Option<Vec<serde_json::Value>> {
         (&step("batch")["a"], &step("batch")["b"]),
         (&json!({"i": 1}), &json!({"i": 2}))
     );
+    let after = step("after_413");
+    assert_eq!(after["refused"], 413, "{after}");
+    assert_eq!(after["data"], json!({"ok": true}), "{after}");
     assert_eq!(step("member_removed")["id"], "bob");
     assert_eq!(step("send_to_user")["data"], json!({"to": "bob"}));
     assert_ne!(step("terminated")["state"], "connected");
@@ -195,4 +202,52 @@ pub async fn users(base: &str, channel: &str) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// A webhook endpoint on loopback: every request's headers and body, in
+/// arrival order; the first `fail_first` requests are answered 503.
+pub async fn receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<(HeaderMap, String)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let failures = Arc::new(AtomicUsize::new(fail_first));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/pusher/webhooks", listener.local_addr().unwrap());
+    let route = axum::routing::post(move |headers: HeaderMap, body: String| async move {
+        let failing = failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        let _ = tx.send((headers, body));
+        axum::http::StatusCode::OK
+    });
+    let router = axum::Router::new().route("/pusher/webhooks", route);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, rx)
+}
+
+/// Webhook events received until there are `n`, each request's signature
+/// checked as Pusher's SDKs check it.
+pub async fn events_until(
+    rx: &mut mpsc::UnboundedReceiver<(HeaderMap, String)>,
+    seen: &mut Vec<Value>,
+    n: usize,
+) {
+    while seen.len() < n {
+        let (headers, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no webhook in time; so far {seen:?}"))
+            .unwrap();
+        assert_eq!(headers["x-pusher-key"], APP_KEY);
+        assert_eq!(
+            headers["x-pusher-signature"].to_str().unwrap(),
+            sign(APP_SECRET, &body),
+            "signed with the app secret over the exact body"
+        );
+        assert_eq!(headers["content-type"], "application/json");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let age = slo_hub::util::now_ms() - v["time_ms"].as_i64().unwrap();
+        assert!((0..60_000).contains(&age), "time_ms is now: {v}");
+        seen.extend(v["events"].as_array().unwrap().iter().cloned());
+    }
 }

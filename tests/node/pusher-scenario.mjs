@@ -12,6 +12,7 @@
 // {"failed": name, "error": ...} at the first step that does not happen.
 import PusherClient from "pusher-js";
 import PusherServer from "pusher";
+import http from "node:http";
 
 const env = process.env;
 const ports = (env.HUB_PORTS || env.HUB_PORT).split(",");
@@ -137,6 +138,24 @@ async function main() {
     { channel: "private-alice", name: "batched", data: { i: 2 } },
   ]);
   step("batch", { a: (await a).data, b: (await b).data });
+
+  // An oversized trigger is refused 413; the SDK's next trigger, on the
+  // same keep-alive connection pool, still goes through.
+  const pooled = new PusherServer({
+    appId: env.APP_ID, key: env.APP_KEY, secret: env.APP_SECRET,
+    host: env.HUB_HOST, port: port(2), useTLS: false,
+    agent: new http.Agent({ keepAlive: true, maxSockets: 1 }),
+  });
+  await pooled.trigger("visitor42_incognito", "warm", {});
+  let refused = null;
+  try {
+    await pooled.trigger("visitor42_incognito", "big", { pad: "x".repeat(200 * 1024) });
+  } catch (e) {
+    refused = e.status ?? String(e);
+  }
+  const after = received(visitor, "after_413");
+  await pooled.trigger("visitor42_incognito", "after_413", { ok: true });
+  step("after_413", { refused, data: (await after).data });
 
   // Bob leaves presence: alice sees it.
   const left = within(T, "member_removed", (ok) => roomA.bind("pusher:member_removed", ok));

@@ -7,7 +7,8 @@
 //! * `m:{app}\x1f{channel}` — presence user → sockets; `i:…` — their info;
 //! * `n:{node}` — what each node contributed (`c\x1f{app}\x1f{channel}`,
 //!   `m\x1f{app}\x1f{channel}\x1f{user}` → sockets), so a dead node's part
-//!   can be taken back; `nodes` — nodes by their last join.
+//!   can be taken back; `nodes` — nodes by their last join;
+//! * `cache:{app}\x1f{channel}` — a cache channel's last event (expires).
 //!
 //! A node whose heartbeat (`slo:nodes`) is older than the broker's node
 //! lifetime is dead: one live node takes its part back atomically and
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::broker::{NODE_TTL_MS, NODES};
 use super::{Redis, failed};
-use crate::store::presence::{Joined, Left, Member, Occupied, Presence, Vanished};
+use crate::store::presence::{CACHE_TTL_MS, Joined, Left, Member, Occupied, Presence, Vanished};
 use crate::store::{BoxFuture, StoreError};
 use crate::util;
 
@@ -287,6 +288,7 @@ impl Presence for RedisPresence {
             self.held.fetch_add(1, Ordering::AcqRel);
             Ok(Joined::Ok {
                 channel_first: sockets == 1,
+                sockets: sockets as u64,
                 member_first: reply.get(1).map_or(0, int) == 1,
                 members: pairs(reply.get(2)),
             })
@@ -322,6 +324,7 @@ impl Presence for RedisPresence {
                 });
             Ok(Left {
                 channel_empty: sockets == 0,
+                sockets: sockets as u64,
                 member_last: reply.get(1).copied() == Some(1),
             })
         })
@@ -367,6 +370,35 @@ impl Presence for RedisPresence {
                 }
                 other => pairs(Some(&other)),
             })
+        })
+    }
+
+    fn cache_put<'a>(
+        &'a self,
+        app: &'a str,
+        channel: &'a str,
+        event: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key("cache", &format!("{app}{SEP}{channel}")))
+                .arg(event)
+                .arg("PX")
+                .arg(CACHE_TTL_MS);
+            let _: Value = self.redis.retried(&cmd).await?;
+            Ok(())
+        })
+    }
+
+    fn cache_get<'a>(
+        &'a self,
+        app: &'a str,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key("cache", &format!("{app}{SEP}{channel}")));
+            self.redis.retried(&cmd).await
         })
     }
 
