@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use slo_hub::config::{Config, PusherAppSettings, WebhookSettings};
 use slo_hub::pusher::protocol::sign;
 
-
 fn names(events: &[Value]) -> Vec<String> {
     events
         .iter()
