@@ -24,11 +24,9 @@
 //! (the registry does).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
 
 use crate::auth::IssuerId;
 use crate::metrics::Metrics;
@@ -40,6 +38,10 @@ use crate::store::{
 use crate::util;
 use crate::ws::conn::LogoutFrame;
 use crate::ws::{codec, protocol};
+
+mod acks;
+use acks::Acks;
+pub use acks::{AckCounter, AckWait};
 
 /// How long a node keeps watermarks in memory when memory is only a cache
 /// of Redis (positives only: a miss is always read through).
@@ -78,76 +80,12 @@ pub struct Done {
     pub acks: Option<AckWait>,
 }
 
-/// Acknowledgements being counted for one logout; removed from the
-/// waiting map when dropped (answered, failed or abandoned alike).
-pub struct AckWait {
-    count: Arc<AckCount>,
-    waiting: Arc<DashMap<String, Arc<AckCount>>>,
-    event_id: String,
-    expected: usize,
-    wait: Duration,
-}
-
-impl AckWait {
-    /// Waits until every delivered socket acknowledged, or the wait ends.
-    pub async fn acked(self) -> usize {
-        let deadline = tokio::time::Instant::now() + self.wait;
-        loop {
-            // Register interest before reading, so an ack between the read
-            // and the await still wakes us.
-            let changed = self.count.changed.notified();
-            let n = self.count.acked.load(Ordering::Acquire);
-            if n >= self.expected {
-                return n;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.count.acked.load(Ordering::Acquire);
-            }
-        }
-    }
-}
-
-/// A running count of one logout's local acks (`AckWait::counter`).
-pub struct AckCounter {
-    count: Arc<AckCount>,
-    /// Keeps the count registered while held.
-    _wait: AckWait,
-}
-
-impl AckCounter {
-    pub fn get(&self) -> usize {
-        self.count.acked.load(Ordering::Acquire)
-    }
-}
-
-impl AckWait {
-    /// The count itself, for a caller that also counts other nodes' acks.
-    pub fn counter(self) -> AckCounter {
-        AckCounter {
-            count: self.count.clone(),
-            _wait: self,
-        }
-    }
-}
-
-impl Drop for AckWait {
-    fn drop(&mut self) {
-        self.waiting.remove(&self.event_id);
-    }
-}
-
-#[derive(Default)]
-struct AckCount {
-    acked: AtomicUsize,
-    changed: Notify,
-}
-
 pub struct Revocation {
     watermarks: Watermarks,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Acks being counted for triggers that asked to wait; absent otherwise.
-    waiting: Arc<DashMap<String, Arc<AckCount>>>,
+    waiting: Acks,
     /// How long a watermark is kept: the longest token lifetime accepted.
     ttl_ms: i64,
     /// Where logouts are made durable (shared with the session graph).
@@ -189,7 +127,7 @@ impl Revocation {
             watermarks: Watermarks::default(),
             registry,
             metrics,
-            waiting: Arc::new(DashMap::new()),
+            waiting: Acks::default(),
             ttl_ms: ttl_secs as i64 * 1000,
             durable,
             broker,
@@ -361,17 +299,9 @@ impl Revocation {
         });
         self.watermarks.record(&order.target, event.clone());
         let frame = Arc::new(logout_frame(&event));
-        let mut acks = order.wait_for_acks.map(|wait| {
-            let count = Arc::new(AckCount::default());
-            self.waiting.insert(event.id.clone(), count.clone());
-            AckWait {
-                count,
-                waiting: self.waiting.clone(),
-                event_id: event.id.clone(),
-                expected: 0,
-                wait,
-            }
-        });
+        let mut acks = order
+            .wait_for_acks
+            .map(|wait| self.waiting.start(&event.id, wait));
         let delivery = self.registry.publish(&order.target, &frame);
         self.metrics.fanout(started.elapsed().as_secs_f64());
         self.metrics
@@ -521,11 +451,8 @@ impl Revocation {
     /// a logout another node waits on is reported to it.
     pub fn acked(&self, event_id: &str) {
         self.metrics.messages_acked.inc();
-        if let Some(c) = self.waiting.get(event_id) {
-            c.acked.fetch_add(1, Ordering::AcqRel);
-            c.changed.notify_waiters();
-        } else if let (Some(broker), true) =
-            (&self.broker, self.remote_waits.contains_key(event_id))
+        if !self.waiting.count(event_id)
+            && let (Some(broker), true) = (&self.broker, self.remote_waits.contains_key(event_id))
         {
             let (broker, id) = (broker.clone(), event_id.to_string());
             tokio::spawn(async move {

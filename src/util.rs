@@ -2,7 +2,7 @@
 //! Nothing here knows about users, sessions or sockets.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -81,6 +81,9 @@ pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
 
 /// One socket's budget of frames: `rate` per second, at most `burst` at
 /// once. Owned by the socket's reader (no lock); every socket kind uses it.
+/// Kept by hand rather than governor's direct limiter: that one holds its
+/// quota and an atomic per instance, and this lives in every parked socket,
+/// where the rate and burst come from the app's settings at each call.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     tokens: f32,
@@ -109,75 +112,27 @@ impl Budget {
     }
 }
 
-/// A token bucket: `rate` tokens per second, holding at most `burst`.
-/// Behind a std mutex: the critical section is a few arithmetic operations.
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    pub fn new(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket {
-            rate: rate as f64,
-            burst: burst.max(1) as f64,
-            state: Mutex::new((burst.max(1) as f64, Instant::now())),
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn try_take(&self) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let refill = now.duration_since(st.1).as_secs_f64() * self.rate;
-        st.0 = (st.0 + refill).min(self.burst);
-        st.1 = now;
-        if st.0 >= 1.0 {
-            st.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// True when the bucket is full again (its owner may be forgotten).
-    pub fn is_idle(&self) -> bool {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.0 + st.1.elapsed().as_secs_f64() * self.rate >= self.burst
-    }
-}
-
-/// One token bucket per key (user, address), created on first use and
-/// forgotten once full again, so idle keys cost nothing.
-pub struct KeyedLimiter<K: std::hash::Hash + Eq> {
-    rate: u32,
-    burst: u32,
-    buckets: dashmap::DashMap<K, TokenBucket>,
-}
+/// Rate limits per key (user, address): governor's GCRA, `rate` per
+/// second with bursts of `burst`, one cell per key, forgotten once it has
+/// fully recovered so idle keys cost nothing.
+pub struct KeyedLimiter<K: std::hash::Hash + Eq + Clone>(governor::DefaultKeyedRateLimiter<K>);
 
 impl<K: std::hash::Hash + Eq + Clone> KeyedLimiter<K> {
     pub fn new(rate: u32, burst: u32) -> Self {
-        KeyedLimiter {
-            rate,
-            burst,
-            buckets: dashmap::DashMap::new(),
-        }
+        let nonzero = |n: u32| std::num::NonZeroU32::new(n.max(1)).expect("at least 1");
+        let quota = governor::Quota::per_second(nonzero(rate)).allow_burst(nonzero(burst));
+        KeyedLimiter(governor::RateLimiter::dashmap(quota))
     }
 
+    /// Takes one unit of `key`'s allowance if there is one.
     pub fn try_take(&self, key: &K) -> bool {
-        if let Some(b) = self.buckets.get(key) {
-            return b.try_take();
-        }
-        self.buckets
-            .entry(key.clone())
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
-            .try_take()
+        self.0.check_key(key).is_ok()
     }
 
-    /// Drops buckets that have refilled completely.
+    /// Forgets keys whose allowance is whole again.
     pub fn forget_idle(&self) {
-        self.buckets.retain(|_, b| !b.is_idle());
+        self.0.retain_recent();
+        self.0.shrink_to_fit();
     }
 }
 
@@ -346,11 +301,11 @@ mod tests {
     }
 
     #[test]
-    fn bucket_allows_burst_then_refuses() {
-        let b = TokenBucket::new(1, 3);
-        assert!(b.try_take() && b.try_take() && b.try_take());
-        assert!(!b.try_take());
-        assert!(!b.is_idle());
+    fn a_key_gets_its_burst_then_is_refused_and_others_are_not() {
+        let l = KeyedLimiter::new(1, 3);
+        assert!(l.try_take(&"a") && l.try_take(&"a") && l.try_take(&"a"));
+        assert!(!l.try_take(&"a"));
+        assert!(l.try_take(&"b"));
     }
 
     #[test]
