@@ -10,10 +10,10 @@
 //!
 //! Must not: parse client frames or check signatures (`socket` did).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -57,6 +57,59 @@ pub struct Subscriptions {
     tx: mpsc::UnboundedSender<Op>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     joins: AtomicUsize,
+    /// Only the subscription task uses it; a mutex keeps `App` `Sync`.
+    counts: Mutex<CountThrottle>,
+}
+
+/// A channel's `subscription_count` goes out at most once per
+/// [`COUNT_EVERY`]; changes within it are coalesced into the latest count,
+/// so churn on a big channel cannot turn each join into a broadcast.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+type ChannelKey = (usize, Box<str>);
+
+#[derive(Default)]
+struct CountThrottle {
+    sent: HashMap<ChannelKey, Instant>,
+    pending: HashMap<ChannelKey, u64>,
+}
+
+impl CountThrottle {
+    /// True if `sockets` may be sent now; otherwise it waits as pending.
+    fn admit(&mut self, key: ChannelKey, sockets: u64, now: Instant) -> bool {
+        if self.sent.len() >= 4096 {
+            self.sent
+                .retain(|_, at| now.duration_since(*at) < COUNT_EVERY);
+        }
+        match self.sent.get(&key) {
+            Some(at) if now.duration_since(*at) < COUNT_EVERY => {
+                self.pending.insert(key, sockets);
+                false
+            }
+            _ => {
+                self.pending.remove(&key);
+                self.sent.insert(key, now);
+                true
+            }
+        }
+    }
+
+    /// Pending counts whose channel may be told again.
+    fn due(&mut self, now: Instant) -> Vec<(ChannelKey, u64)> {
+        let sent = &mut self.sent;
+        let mut due = Vec::new();
+        self.pending.retain(|key, n| {
+            let ready = sent
+                .get(key)
+                .is_none_or(|at| now.duration_since(*at) >= COUNT_EVERY);
+            if ready {
+                sent.insert(key.clone(), now);
+                due.push((key.clone(), *n));
+            }
+            !ready
+        });
+        due
+    }
 }
 
 impl Default for Subscriptions {
@@ -66,6 +119,7 @@ impl Default for Subscriptions {
             tx,
             rx: Mutex::new(Some(rx)),
             joins: AtomicUsize::new(0),
+            counts: Mutex::default(),
         }
     }
 }
@@ -98,6 +152,10 @@ impl Subscriptions {
         });
     }
 
+    fn counts(&self) -> std::sync::MutexGuard<'_, CountThrottle> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn leave(&self, conn: &Arc<PConn>, channel: &str, user_id: Option<&str>) {
         let _ = self.tx.send(Op::Leave {
             conn: conn.clone(),
@@ -124,12 +182,23 @@ pub async fn run(app: Arc<App>) {
     };
     let mut joined: HashSet<(usize, Box<str>, Box<str>)> = HashSet::new();
     let mut unrecorded: VecDeque<Unrecorded> = VecDeque::new();
+    let mut flush = tokio::time::interval(COUNT_EVERY / 4);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let op = tokio::select! {
             _ = app.shutdown.cancelled() => return,
             op = rx.recv() => op,
             _ = tokio::time::sleep(RETRY), if !unrecorded.is_empty() => {
                 record_leaves(&app, &mut unrecorded).await;
+                continue;
+            }
+            // An interval, not a fresh sleep: a busy queue must not keep
+            // postponing what is pending.
+            _ = flush.tick(), if counts_pending(&app) => {
+                let due = app.pusher.subscriptions().counts().due(Instant::now());
+                for ((index, channel), n) in due {
+                    send_count(&app, index, &channel, n).await;
+                }
                 continue;
             }
         };
@@ -351,6 +420,22 @@ async fn subscription_count(app: &App, index: usize, channel: &str, sockets: u64
     {
         return;
     }
+    let key = (index, Box::<str>::from(channel));
+    if app
+        .pusher
+        .subscriptions()
+        .counts()
+        .admit(key, sockets, Instant::now())
+    {
+        send_count(app, index, channel, sockets).await;
+    }
+}
+
+fn counts_pending(app: &App) -> bool {
+    !app.pusher.subscriptions().counts().pending.is_empty()
+}
+
+async fn send_count(app: &App, index: usize, channel: &str, sockets: u64) {
     let data = json!({ "subscription_count": sockets }).to_string();
     let text = protocol::event_text("pusher_internal:subscription_count", Some(channel), &data);
     app.pusher.publish(index, channel, text, None).await;
@@ -413,4 +498,27 @@ fn presence_data(members: &[(String, String)]) -> Value {
         .map(|(id, i)| (id.clone(), info(i)))
         .collect();
     json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_within_a_second_are_coalesced_into_the_latest() {
+        let mut t = CountThrottle::default();
+        let start = Instant::now();
+        let key = || (0, Box::<str>::from("news"));
+        assert!(t.admit(key(), 1, start), "the first count goes at once");
+        for n in 2..=50 {
+            assert!(!t.admit(key(), n, start + Duration::from_millis(n * 10)));
+        }
+        assert!(t.due(start + Duration::from_millis(900)).is_empty());
+        assert_eq!(t.due(start + COUNT_EVERY), vec![(key(), 50)]);
+        assert!(t.pending.is_empty());
+        assert!(
+            t.admit((0, "other".into()), 7, start),
+            "channels are throttled apart"
+        );
+    }
 }
