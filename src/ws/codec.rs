@@ -8,6 +8,10 @@
 //! masking, reserved bits, opcodes, control-frame rules, fragmentation order,
 //! close payloads and UTF-8 (failing fast inside fragmented text).
 //!
+//! tungstenite's `FrameHeader` and `CloseCode` are not used: tungstenite is
+//! only a test dependency, and taking it into the hub for a header parse
+//! would bring its HTTP, SHA-1 and RNG crates for what is one pass here.
+//!
 //! It is role-aware so the benchmark's client can use it too.
 //! Must not: allocate for an unfragmented message, or do I/O.
 
