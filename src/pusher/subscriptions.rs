@@ -10,7 +10,7 @@
 //!
 //! Must not: parse client frames or check signatures (`socket` did).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +22,9 @@ use super::channels::PConn;
 use super::protocol::{self, PusherCode};
 use crate::App;
 use crate::store::presence::{Joined, Left, Member};
+
+mod counts;
+use counts::{COUNT_EVERY, CountThrottle};
 
 /// The internal channel every socket of an app with `max_connections`
 /// joins, so the app's sockets are counted cluster-wide like a channel's.
@@ -59,57 +62,6 @@ pub struct Subscriptions {
     joins: AtomicUsize,
     /// Only the subscription task uses it; a mutex keeps `App` `Sync`.
     counts: Mutex<CountThrottle>,
-}
-
-/// A channel's `subscription_count` goes out at most once per
-/// [`COUNT_EVERY`]; changes within it are coalesced into the latest count,
-/// so churn on a big channel cannot turn each join into a broadcast.
-const COUNT_EVERY: Duration = Duration::from_secs(1);
-
-type ChannelKey = (usize, Box<str>);
-
-#[derive(Default)]
-struct CountThrottle {
-    sent: HashMap<ChannelKey, Instant>,
-    pending: HashMap<ChannelKey, u64>,
-}
-
-impl CountThrottle {
-    /// True if `sockets` may be sent now; otherwise it waits as pending.
-    fn admit(&mut self, key: ChannelKey, sockets: u64, now: Instant) -> bool {
-        if self.sent.len() >= 4096 {
-            self.sent
-                .retain(|_, at| now.duration_since(*at) < COUNT_EVERY);
-        }
-        match self.sent.get(&key) {
-            Some(at) if now.duration_since(*at) < COUNT_EVERY => {
-                self.pending.insert(key, sockets);
-                false
-            }
-            _ => {
-                self.pending.remove(&key);
-                self.sent.insert(key, now);
-                true
-            }
-        }
-    }
-
-    /// Pending counts whose channel may be told again.
-    fn due(&mut self, now: Instant) -> Vec<(ChannelKey, u64)> {
-        let sent = &mut self.sent;
-        let mut due = Vec::new();
-        self.pending.retain(|key, n| {
-            let ready = sent
-                .get(key)
-                .is_none_or(|at| now.duration_since(*at) >= COUNT_EVERY);
-            if ready {
-                sent.insert(key.clone(), now);
-                due.push((key.clone(), *n));
-            }
-            !ready
-        });
-        due
-    }
 }
 
 impl Default for Subscriptions {
@@ -498,27 +450,4 @@ fn presence_data(members: &[(String, String)]) -> Value {
         .map(|(id, i)| (id.clone(), info(i)))
         .collect();
     json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_within_a_second_are_coalesced_into_the_latest() {
-        let mut t = CountThrottle::default();
-        let start = Instant::now();
-        let key = || (0, Box::<str>::from("news"));
-        assert!(t.admit(key(), 1, start), "the first count goes at once");
-        for n in 2..=50 {
-            assert!(!t.admit(key(), n, start + Duration::from_millis(n * 10)));
-        }
-        assert!(t.due(start + Duration::from_millis(900)).is_empty());
-        assert_eq!(t.due(start + COUNT_EVERY), vec![(key(), 50)]);
-        assert!(t.pending.is_empty());
-        assert!(
-            t.admit((0, "other".into()), 7, start),
-            "channels are throttled apart"
-        );
-    }
 }
