@@ -16,14 +16,16 @@ ulimit -n "$(ulimit -Hn)"
 rounds=$1
 shift
 out="bench/results/ab-$(date -u +%Y-%m-%dT%H-%M-%SZ)"
-cargo build --profile benchmark --bin slo-bench
+# SLO_BENCH: a load generator built elsewhere (e.g. with a shared target dir).
+bench=${SLO_BENCH:-target/benchmark/slo-bench}
+[ -n "${SLO_BENCH:-}" ] || cargo build --profile benchmark --bin slo-bench
 for i in $(seq "$rounds"); do
   for pair in "$@"; do
     label=${pair%%=*}
     bin=${pair#*=}
     mkdir -p "$out/$label"
     echo "round $i: $label" >&2
-    taskset -c 1 target/benchmark/slo-bench --servers slo-hub --reps 1 \
+    taskset -c 1 "$bench" --servers slo-hub --reps 1 \
       --hub-bin "$bin" --hub-label "$label" --out "$out/$label" >"$out/$label/log.$i" 2>&1
   done
 done

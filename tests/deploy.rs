@@ -231,34 +231,14 @@ async fn behind_a_trusted_proxy_limits_count_clients_not_the_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let hub = common::process::Running::start(&["serve", "--config", &path], &[], dir.path());
     let hub_addr = hub.line("listening").unwrap();
-    let site = format!(
-        r#"map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
-server {{
-    listen 127.0.0.1:{proxy_port};
-    location / {{
-        proxy_pass http://{hub_addr};
-        proxy_http_version 1.1;
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection $connection_upgrade;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-}}
-"#
-    );
+    let site = common::nginx::proxy_site(proxy_port, &hub_addr);
     let _nginx = Nginx::start(&nginx, &site, proxy_port);
     let token = common::hs256_token(json!({"sub": "u"}));
     // Clients on two addresses, both through the one proxy.
     let socket_from = |source: [u8; 4]| {
         let token = token.clone();
         async move {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(std::net::SocketAddr::from((source, 0)))
-                .unwrap();
-            let tcp = socket
-                .connect(std::net::SocketAddr::from(([127, 0, 0, 1], proxy_port)))
-                .await
-                .unwrap();
+            let tcp = common::nginx::connect_from(source, proxy_port).await;
             let url = format!("ws://127.0.0.1:{proxy_port}/v1/ws");
             let mut ws = Ws::over(Box::new(tcp), &url, None).await?;
             ws.send_json(json!({"type": "auth", "token": token})).await;

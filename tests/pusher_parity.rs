@@ -300,9 +300,7 @@ async fn per_app_limits_and_switches_refuse_with_pushers_codes() {
     // One presence member, of at most 40 bytes of user_info.
     let presence = |id: &str, user: &str, info: Value| {
         let channel_data = json!({"user_id": user, "user_info": info}).to_string();
-        let sig = sign(APP_SECRET, &format!("{id}:presence-small:{channel_data}"));
-        json!({"event": "pusher:subscribe", "data": {"channel": "presence-small",
-            "auth": format!("{APP_KEY}:{sig}"), "channel_data": channel_data}})
+        presence_subscribe(id, "presence-small", &channel_data)
     };
     a.send_json(presence(&a_id, "bob", json!({"bio": "x".repeat(64)})))
         .await;
@@ -347,12 +345,8 @@ async fn a_full_presence_channel_refuses_the_next_member_with_the_apps_limit() {
     let (mut b, first) = connect(&hub, APP_KEY, None).await;
     let b_id = socket_id(&first);
     let channel_data = json!({"user_id": "bob"}).to_string();
-    let sig = sign(APP_SECRET, &format!("{b_id}:presence-one:{channel_data}"));
-    b.send_json(
-        json!({"event": "pusher:subscribe", "data": {"channel": "presence-one",
-        "auth": format!("{APP_KEY}:{sig}"), "channel_data": channel_data}}),
-    )
-    .await;
+    b.send_json(presence_subscribe(&b_id, "presence-one", &channel_data))
+        .await;
     let m = b.recv_json().await;
     assert_eq!(m["event"], "pusher:subscription_error", "{m}");
     assert_eq!(m["data"]["status"], 403);
@@ -577,30 +571,10 @@ async fn a_thousand_clients_behind_one_proxy_are_not_limited_as_one() {
     .await;
     let hub_addr = hub.url.trim_start_matches("http://").to_string();
     let proxy_port = common::free_port();
-    let site = format!(
-        r#"map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
-server {{
-    listen 127.0.0.1:{proxy_port};
-    location / {{
-        proxy_pass http://{hub_addr};
-        proxy_http_version 1.1;
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection $connection_upgrade;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-}}
-"#
-    );
+    let site = common::nginx::proxy_site(proxy_port, &hub_addr);
     let _nginx = Nginx::start(&nginx, &site, proxy_port);
     let connect_from = move |source: [u8; 4]| async move {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(std::net::SocketAddr::from((source, 0)))
-            .unwrap();
-        let tcp = socket
-            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], proxy_port)))
-            .await
-            .unwrap();
+        let tcp = common::nginx::connect_from(source, proxy_port).await;
         let url = format!("ws://127.0.0.1:{proxy_port}/app/{APP_KEY}?protocol=7");
         match Ws::over(Box::new(tcp), &url, None).await {
             Ok(mut ws) => {

@@ -83,3 +83,36 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// A plain reverse proxy on `port` to `upstream` (`host:port`) that
+/// upgrades WebSockets and appends the client's address to
+/// `X-Forwarded-For`, as a trusted proxy in front of the hub would.
+pub fn proxy_site(port: u16, upstream: &str) -> String {
+    format!(
+        r#"map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass http://{upstream};
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $connection_upgrade;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+}}
+"#
+    )
+}
+
+/// A TCP connection to loopback `port` from `source` (a 127.x.y.z address),
+/// so one test can be many clients behind one proxy.
+pub async fn connect_from(source: [u8; 4], port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap()
+}

@@ -165,6 +165,13 @@ pub async fn socket(base: &str) -> (super::Ws, String) {
     (ws, data["socket_id"].as_str().unwrap().to_string())
 }
 
+/// A `pusher:subscribe` to presence `channel`, signed for `socket_id`.
+pub fn presence_subscribe(socket_id: &str, channel: &str, channel_data: &str) -> Value {
+    let sig = sign(APP_SECRET, &format!("{socket_id}:{channel}:{channel_data}"));
+    serde_json::json!({"event": "pusher:subscribe", "data": {
+        "channel": channel, "auth": format!("{APP_KEY}:{sig}"), "channel_data": channel_data}})
+}
+
 /// Joins presence `channel` as `user`; returns the presence data.
 pub async fn join(
     ws: &mut super::Ws,
@@ -174,12 +181,7 @@ pub async fn join(
 ) -> serde_json::Value {
     use serde_json::json;
     let channel_data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
-    let sig = slo_hub::pusher::protocol::sign(
-        APP_SECRET,
-        &format!("{socket_id}:{channel}:{channel_data}"),
-    );
-    ws.send_json(json!({"event": "pusher:subscribe", "data": {
-        "channel": channel, "auth": format!("{APP_KEY}:{sig}"), "channel_data": channel_data}}))
+    ws.send_json(presence_subscribe(socket_id, channel, &channel_data))
         .await;
     let m = ws.recv_json().await;
     assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
