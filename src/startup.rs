@@ -284,6 +284,8 @@ impl Hub {
                 stores.broker.clone(),
                 console.clone(),
                 metrics.clone(),
+                // One node keeps webhook requests in its journal.
+                stores.broker.is_none().then(|| stores.durable.clone()),
             ),
             console,
             broker: stores.broker,
@@ -305,6 +307,10 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             config,
         });
+        let kept = app.pusher.webhooks().restore(&stores.stored);
+        if kept > 0 {
+            tracing::info!(requests = kept, "pusher: webhook requests restored");
+        }
         background::spawn_all(&app, windows);
         let Listeners {
             main,

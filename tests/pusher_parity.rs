@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use slo_hub::config::{Config, PusherAppSettings, WebhookSettings};
 use slo_hub::pusher::protocol::sign;
 
+const WAIT: Duration = Duration::from_secs(10);
+
 fn names(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -610,4 +612,70 @@ async fn a_thousand_clients_behind_one_proxy_are_not_limited_as_one() {
         (100..1000).contains(&one),
         "one client is held to its own rate: {one} of 1000 admitted"
     );
+}
+
+/// Webhook requests are kept in the journal until delivered: a hub killed
+/// (-9) while the receiver is down sends them after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_pending_at_a_kill_9_are_sent_after_the_restart() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    slo_hub::auth::crypto::install();
+    let down = Arc::new(AtomicBool::new(true));
+    let (attempt_tx, mut attempts) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let is_down = down.clone();
+    let route = axum::routing::post(
+        move |headers: axum::http::HeaderMap, body: String| async move {
+            if is_down.load(Ordering::Acquire) {
+                let _ = attempt_tx.send(());
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            let sig = headers["x-pusher-signature"].to_str().unwrap().to_string();
+            let _ = got_tx.send((sig, body));
+            axum::http::StatusCode::OK
+        },
+    );
+    tokio::spawn(
+        async move { axum::serve(listener, axum::Router::new().route("/hooks", route)).await },
+    );
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let (_cfg, path) = common::process::test_config_file(&format!(
+        r#"listen = "{listen}"
+[[pusher_apps]]
+id = "{APP_ID}"
+key = "{APP_KEY}"
+secret = "{APP_SECRET}"
+webhooks = [{{ url = "{url}" }}]"#
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["serve", "--config", path.as_str()];
+    let hub = common::process::Running::start(&args, &[], dir.path());
+    let (mut ws, _) = socket(&format!("http://{listen}")).await;
+    assert_eq!(
+        subscribe(&mut ws, "news").await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    // The hub tried once (answered 503): the request is batched and kept.
+    tokio::time::timeout(WAIT, attempts.recv())
+        .await
+        .expect("a webhook attempt");
+    hub.kill9();
+    drop(ws);
+
+    down.store(false, Ordering::Release);
+    let hub = common::process::Running::start(&args, &[], dir.path());
+    let (sig, body) = tokio::time::timeout(WAIT, got.recv())
+        .await
+        .expect("the kept request after the restart")
+        .unwrap();
+    assert_eq!(sig, sign(APP_SECRET, &body));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["events"],
+        json!([{"name": "channel_occupied", "channel": "news"}])
+    );
+    assert_eq!(hub.terminate().0, 0);
 }

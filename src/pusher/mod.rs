@@ -64,6 +64,7 @@ impl Pusher {
         broker: Option<Arc<dyn Broker>>,
         console: Arc<crate::console::Console>,
         metrics: Arc<crate::metrics::Metrics>,
+        journal: Option<Arc<dyn crate::store::Durable>>,
     ) -> Pusher {
         Pusher {
             by_key: apps
@@ -79,7 +80,7 @@ impl Pusher {
             apps: apps.to_vec(),
             channels: Channels::default(),
             subscriptions: Subscriptions::default(),
-            webhooks: webhooks::Webhooks::new(apps.iter().map(|a| !a.webhooks.is_empty())),
+            webhooks: webhooks::Webhooks::new(apps.iter().map(|a| !a.webhooks.is_empty()), journal),
             presence,
             broker,
             console,

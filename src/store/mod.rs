@@ -53,14 +53,18 @@ pub enum Kind {
     SessionGraph,
     /// The keys the hub signs with (`auth::keys`), shared by every node.
     SigningKeys,
+    /// A Pusher webhook request not yet delivered (one node's journal;
+    /// key `{app}\x1f{url index}\x1f{sequence}`, data the body).
+    PusherWebhook,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Watermark,
         Kind::LogoutJti,
         Kind::SessionGraph,
         Kind::SigningKeys,
+        Kind::PusherWebhook,
     ];
 
     /// The table / key-prefix name (stable: it is on disk and in Redis).
@@ -70,6 +74,7 @@ impl Kind {
             Kind::LogoutJti => "logout_jtis",
             Kind::SessionGraph => "user_graphs",
             Kind::SigningKeys => "signing_keys",
+            Kind::PusherWebhook => "pusher_webhooks",
         }
     }
 }
