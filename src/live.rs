@@ -30,9 +30,9 @@ fn socket_json(
         "connection_id": id,
         "sid": sid,
         "client_ip": meta.ip.to_string(),
-        "origin": meta.origin.as_deref(),
-        "user_agent": meta.user_agent.as_deref(),
-        "connected_since_ms": meta.since_ms,
+        "origin": meta.origin(),
+        "user_agent": meta.user_agent(),
+        "connected_since_ms": meta.since_ms(),
     })
 }
 

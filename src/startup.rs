@@ -297,7 +297,7 @@ impl Hub {
             ),
             metrics,
             woken: ws::parked::Woken::start(tasks.clone()),
-            interned: crate::util::Interner::new(10_000, 512),
+            interned: crate::util::Interner::new(10_000, 1024),
             partial_memory: Arc::new(ws::partial::PartialMemory::new(
                 config.limits.partial_frames_bytes,
             )),

@@ -380,3 +380,63 @@ fn entries_survive_a_kill_9_and_hold_no_token_or_secret() {
     // The log has one structured line per logout.
     assert!(log.contains("slo_hub::audit"), "{log}");
 }
+
+/// `GET /v1/users/{sub}/connections` says who is at the other end of each
+/// socket: address, origin, user agent (present or not), since when.
+#[tokio::test]
+async fn a_users_connections_say_who_is_at_the_other_end() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let hub = TestHub::with(|c| {
+        keys(c);
+        c.ws.allowed_origins = vec!["https://spa.example".into()];
+        c.ws.allow_missing_origin = true;
+    })
+    .await;
+    let token = hs256_token(json!({"sub": "carol", "sid": "s-1"}));
+    let mut req = hub.ws_url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://spa.example".parse().unwrap());
+    req.headers_mut()
+        .insert("user-agent", "Browser/1.0 (test)".parse().unwrap());
+    let (mut browser, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    browser
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "auth", "token": token}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let ready = browser.next().await.unwrap().unwrap();
+    assert!(ready.to_text().unwrap().contains("ready"), "{ready}");
+    // A second socket without Origin or User-Agent (a server-side client).
+    let (_plain, _) = hub.socket(&token).await;
+    let before = slo_hub::util::now_ms();
+    let v: Value = hub
+        .http
+        .get(format!("{}/v1/users/carol/connections", hub.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sockets = v["sockets"].as_array().unwrap();
+    assert_eq!(sockets.len(), 2, "{v}");
+    let with = |o: Value| sockets.iter().find(|s| s["origin"] == o).unwrap();
+    let b = with(json!("https://spa.example"));
+    assert_eq!(
+        (&b["protocol"], &b["user_agent"], &b["client_ip"], &b["sid"]),
+        (
+            &json!("ws"),
+            &json!("Browser/1.0 (test)"),
+            &json!("127.0.0.1"),
+            &json!("s-1")
+        ),
+        "{v}"
+    );
+    let since = b["connected_since_ms"].as_i64().unwrap();
+    assert!((before - 60_000..=before).contains(&since), "{v}");
+    let p = with(Value::Null);
+    assert_eq!(p["user_agent"], Value::Null, "{v}");
+}

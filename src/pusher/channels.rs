@@ -26,7 +26,7 @@ pub struct PConn {
     pub socket_id: Box<str>,
     pub app: usize,
     /// Who is at the other end (the admin API).
-    pub meta: Arc<crate::ws::conn::ConnMeta>,
+    pub meta: crate::ws::conn::ConnMeta,
     pub stream: TcpStream,
     out: Mutex<Outbox>,
     limit: usize,
@@ -45,7 +45,7 @@ impl PConn {
         app: usize,
         stream: TcpStream,
         limit: usize,
-        meta: Arc<crate::ws::conn::ConnMeta>,
+        meta: crate::ws::conn::ConnMeta,
     ) -> PConn {
         PConn {
             socket_id: socket_id.into(),

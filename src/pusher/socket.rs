@@ -62,7 +62,7 @@ pub async fn run(
     index: usize,
     stream: TcpStream,
     early: Bytes,
-    meta: Arc<crate::ws::conn::ConnMeta>,
+    meta: crate::ws::conn::ConnMeta,
 ) {
     app.metrics.sockets_opened.inc();
     let settings = &app.pusher.apps()[index];

@@ -211,20 +211,66 @@ impl Outbox {
 
 /// Who is at the other end of a socket, for the admin API: the client's
 /// address (behind trusted proxies, the forwarded one), its `Origin` and
-/// `User-Agent` (interned: shared by the sockets that send the same), and
-/// when it connected.
-#[derive(Debug)]
+/// `User-Agent`, and when it connected. Kept inline in the socket (40
+/// bytes): origin and user agent are one interned string, shared by every
+/// socket of the same page and browser.
+#[derive(Debug, Clone)]
 pub struct ConnMeta {
     pub ip: std::net::IpAddr,
-    pub origin: Option<Arc<str>>,
-    pub user_agent: Option<Arc<str>>,
-    pub since_ms: i64,
+    /// `{origin}\n{user agent}`, `\0` for a missing one.
+    client: Arc<str>,
+    since_s: u32,
+}
+
+const ABSENT: &str = "\0";
+
+impl ConnMeta {
+    pub fn new(
+        ip: std::net::IpAddr,
+        origin: Option<&str>,
+        user_agent: Option<&str>,
+        interner: &crate::util::Interner,
+    ) -> ConnMeta {
+        let client = format!(
+            "{}\n{}",
+            origin.unwrap_or(ABSENT),
+            user_agent.unwrap_or(ABSENT)
+        );
+        ConnMeta {
+            ip,
+            client: interner.get(&client),
+            since_s: crate::util::now_secs().min(u32::MAX as u64) as u32,
+        }
+    }
+
+    fn parts(&self) -> (Option<&str>, Option<&str>) {
+        fn present(s: &str) -> Option<&str> {
+            (s != ABSENT).then_some(s)
+        }
+        match self.client.split_once('\n') {
+            Some((o, u)) => (present(o), present(u)),
+            // Past the interner's bounds it keeps one stand-in for both.
+            None => (Some(&self.client), Some(&self.client)),
+        }
+    }
+
+    pub fn origin(&self) -> Option<&str> {
+        self.parts().0
+    }
+
+    pub fn user_agent(&self) -> Option<&str> {
+        self.parts().1
+    }
+
+    pub fn since_ms(&self) -> i64 {
+        i64::from(self.since_s) * 1000
+    }
 }
 
 pub struct Conn {
     /// Unique within this process; shown to the client as `connection_id`.
     pub id: u64,
-    pub meta: Arc<ConnMeta>,
+    pub meta: ConnMeta,
     pub stream: TcpStream,
     out: Mutex<Outbox>,
     pub user: UserKey,
@@ -254,7 +300,7 @@ impl Conn {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
-        meta: Arc<ConnMeta>,
+        meta: ConnMeta,
         stream: TcpStream,
         user: UserKey,
         session: Option<SessionKey>,

@@ -150,12 +150,12 @@ where
     let text = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let guard = Guard {
         limit,
-        meta: Arc::new(conn::ConnMeta {
-            ip: client,
-            origin: text(header::ORIGIN).map(|o| app.interned.get(o)),
-            user_agent: text(header::USER_AGENT).map(|u| app.interned.get(u)),
-            since_ms: crate::util::now_ms(),
-        }),
+        meta: conn::ConnMeta::new(
+            client,
+            text(header::ORIGIN),
+            text(header::USER_AGENT),
+            &app.interned,
+        ),
     };
     let task_app = app.clone();
     app.tasks.spawn(async move {
