@@ -231,6 +231,17 @@ async fn pages_are_stable_while_new_entries_arrive() {
         .collect();
     assert_eq!(subs, ["p6", "p5", "p4", "p3", "p2", "p1", "p0"]);
     assert!(third["next_cursor"].is_null(), "{third}");
+    // A cursor the API did not give is refused, not read as "newest".
+    let r = hub
+        .http
+        .get(format!("{}/v1/audit?cursor=p3", hub.url))
+        .bearer_auth(AUDITOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "invalid_cursor", "{e}");
 }
 
 #[tokio::test]

@@ -44,12 +44,31 @@ fn unavailable(e: crate::store::StoreError) -> ApiError {
     ApiError::Unavailable(format!("{e}; the audit trail cannot be read now, retry"))
 }
 
+/// A cursor is an entry id as the API gave it: digits, `-`, digits.
+fn check_cursor(q: &audit::Query) -> Result<(), ApiError> {
+    let valid = |c: &str| {
+        c.split_once('-').is_some_and(|(a, b)| {
+            [a, b]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
+    match q.cursor.as_deref() {
+        Some(c) if !valid(c) => Err(ApiError::bad_request(
+            "invalid_cursor",
+            "cursor must be a next_cursor this API returned",
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn audit_page(
     State(app): State<Arc<App>>,
     Bearer(cred): Bearer,
     Query(q): Query<audit::Query>,
 ) -> Result<Json<Page>, ApiError> {
     key_with(cred, "audit:read")?;
+    check_cursor(&q)?;
     app.audit.page(&q).await.map(Json).map_err(unavailable)
 }
 
@@ -63,6 +82,7 @@ async fn export(
     Query(mut q): Query<audit::Query>,
 ) -> Result<Response, ApiError> {
     key_with(cred, "audit:read")?;
+    check_cursor(&q)?;
     let want = q.limit.unwrap_or(10_000).clamp(1, MAX_EXPORT);
     let mut body = String::new();
     let mut sent = 0;
