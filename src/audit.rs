@@ -199,7 +199,13 @@ impl Audit {
     /// Records an entry durably and logs it. A store failure is logged and
     /// counted; it does not undo what was done.
     pub async fn record(&self, e: Entry) {
-        let json = serde_json::to_string(&e).unwrap_or_default();
+        // Sized for a typical entry, so serializing does not regrow the buffer.
+        let mut buf = Vec::with_capacity(512);
+        let json = match serde_json::to_writer(&mut buf, &e) {
+            // serde_json writes UTF-8 only.
+            Ok(()) => String::from_utf8(buf).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         let id = match self.log.append(e.at_ms, json).await {
             Ok(id) => id,
             Err(err) => {
