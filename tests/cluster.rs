@@ -9,13 +9,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::cluster::{Node, authorize, mint, node_config, redis_bin, single_redis};
+use common::cluster::{
+    ACCESS, EXCHANGE, Node, authorize, exchange, mint, node_config, redis_bin, single_redis,
+};
 use common::sso::{AUD, CB, pkce};
 use common::{API_KEY, TEST_AUD, TEST_ISS, TEST_SECRET, Ws, forge, hs256_token};
 use serde_json::{Value, json};
 
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 const REFRESH: &str = "urn:ietf:params:oauth:token-type:refresh_token";
 
 async fn dev_token(node: &Node, sub: &str) -> String {
@@ -173,16 +173,7 @@ async fn every_user_path_works_with_each_request_on_another_node() {
 
     // One transfer token, 20 redemptions at once spread over the nodes:
     // exactly one code.
-    let upstream = hs256_token(json!({"sub": "dave", "sid": "up-2", "azp": "native"}));
-    let (_, v) = n[1]
-        .post(
-            "/oauth/token",
-            None,
-            json!({"grant_type": EXCHANGE, "client_id": "native", "subject_token": upstream,
-                   "subject_token_type": ACCESS, "audience": AUD}),
-        )
-        .await;
-    let stt = v["access_token"].as_str().unwrap().to_string();
+    let stt = exchange(&n[1], "dave", "up-2").await;
     let (_, challenge) = pkce();
     let redeems = (0..20).map(|i| {
         let (node, stt, challenge) = (&n[i % 3], stt.clone(), challenge.clone());

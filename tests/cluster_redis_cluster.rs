@@ -9,14 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Node, RedisCluster, pusher_config, redis_bin};
+use common::cluster::{Node, RedisCluster, exchange, pusher_config, redis_bin};
 use common::pusher::{self, join, socket};
-use common::sso::{AUD, CB, pkce};
+use common::sso::{CB, pkce};
 use common::{API_KEY, TEST_ISS, Ws, hs256_token};
 use serde_json::json;
-
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_on_a_redis_cluster_share_everything_and_survive_a_master_failover() {
@@ -49,17 +46,8 @@ async fn nodes_on_a_redis_cluster_share_everything_and_survive_a_master_failover
     }
 
     // Native-to-Web SSO: exchange on node 0, redeem and code on node 1.
-    let upstream = hs256_token(json!({"sub": "carol", "sid": "up-c", "azp": "native"}));
-    let (s, v) = n[0]
-        .post(
-            "/oauth/token",
-            None,
-            json!({"grant_type": EXCHANGE, "client_id": "native", "subject_token": upstream,
-                   "subject_token_type": ACCESS, "audience": AUD}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let stt = v["access_token"].as_str().unwrap();
+    let stt = exchange(&n[0], "carol", "up-c").await;
+    let stt = stt.as_str();
     let (verifier, challenge) = pkce();
     let q: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs([

@@ -14,5 +14,5 @@ vg=$!
 for i in $(seq 600); do (echo > /dev/tcp/127.0.0.1/18755) 2>/dev/null && break; sleep 0.1; done
 ok=$(python3 "$here/drive.py" $n 18755)
 kill -INT $vg; wait $vg || true
-ir=$(grep -h "^summary:\|^totals:" "$work/cg-$label-$n.out"* | awk '{s+=$2} END {print s}')
+ir=$(grep -h "^summary:" "$work/cg-$label-$n.out" | awk "{print \$2}")
 echo "$label n=$n ok=$ok Ir=$ir"

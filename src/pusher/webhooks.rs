@@ -156,7 +156,8 @@ impl Webhooks {
     }
 }
 
-/// The node's webhook sender, until shutdown (what is queued then is lost).
+/// The node's webhook sender, until shutdown (then what is kept waits for
+/// the next start; what is only in memory is lost).
 pub async fn run(app: Arc<App>) {
     let Some(mut rx) = app
         .pusher

@@ -60,19 +60,7 @@ impl Sessions {
                     };
                     let web = web.id.clone();
                     g.join_web(&web, r.client, None, now);
-                    Authorized::Code {
-                        code: g.issue_code(
-                            &web,
-                            &r.client.client_id,
-                            r.redirect_uri,
-                            r.code_challenge,
-                            now,
-                        ),
-                        set_cookie: None,
-                        outcome: "existing_session",
-                        sub: g.sub.clone(),
-                        web_session: web,
-                    }
+                    code_for(g, web, &r, None, "existing_session", now)
                 })
                 .await?);
         };
@@ -95,19 +83,7 @@ impl Sessions {
                 match (same_user, live) {
                     (true, Some(web)) => {
                         g.join_web(&web, r.client, Some(&native), now);
-                        Step::Code(Authorized::Code {
-                            code: g.issue_code(
-                                &web,
-                                &r.client.client_id,
-                                r.redirect_uri,
-                                r.code_challenge,
-                                now,
-                            ),
-                            set_cookie: None,
-                            outcome: "same_user",
-                            sub: g.sub.clone(),
-                            web_session: web,
-                        })
+                        Step::Code(code_for(g, web, &r, None, "same_user", now))
                     }
                     (false, _) if cookie_user.is_some() => Step::OtherUser(native),
                     _ => Step::Code(self.new_web(g, &native, &r, now)),
@@ -168,19 +144,7 @@ impl Sessions {
             return login_required("this user has too many web sessions");
         }
         let (web, cookie) = g.open_web(native, r.client, now);
-        Authorized::Code {
-            code: g.issue_code(
-                &web,
-                &r.client.client_id,
-                r.redirect_uri,
-                r.code_challenge,
-                now,
-            ),
-            sub: g.sub.clone(),
-            web_session: web.clone(),
-            set_cookie: Some(cookie),
-            outcome: "new_session",
-        }
+        code_for(g, web, r, Some(cookie), "new_session", now)
     }
 
     /// Device binding and the native client's `transfer_to`.
@@ -316,5 +280,30 @@ impl Sessions {
             Ok(self.web_grant(g, &w.id, &client.client_id, until, Some(new)))
         })
         .await?
+    }
+}
+
+/// A code for web session `web` and the requesting client (outcome 1, 2 or
+/// a session opened now, with its cookie).
+fn code_for(
+    g: &mut UserGraph,
+    web: String,
+    r: &AuthorizeRequest<'_>,
+    set_cookie: Option<String>,
+    outcome: &'static str,
+    now: i64,
+) -> Authorized {
+    Authorized::Code {
+        code: g.issue_code(
+            &web,
+            &r.client.client_id,
+            r.redirect_uri,
+            r.code_challenge,
+            now,
+        ),
+        sub: g.sub.clone(),
+        web_session: web,
+        set_cookie,
+        outcome,
     }
 }

@@ -443,3 +443,23 @@ pub async fn mint(node: &Node, refresh: &str) -> String {
     assert_eq!(s, 200, "{v}");
     v["access_token"].as_str().unwrap().to_string()
 }
+
+pub const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// A session transfer token from an RFC 8693 exchange on `node` of an
+/// upstream access token of `sub` (session `sid`) issued to `native`.
+pub async fn exchange(node: &Node, sub: &str, sid: &str) -> String {
+    let upstream = super::hs256_token(serde_json::json!({"sub": sub, "sid": sid, "azp": "native"}));
+    let (s, v) = node
+        .post(
+            "/oauth/token",
+            None,
+            serde_json::json!({"grant_type": EXCHANGE, "client_id": "native",
+                "subject_token": upstream, "subject_token_type": ACCESS,
+                "audience": super::sso::AUD}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["access_token"].as_str().unwrap().to_string()
+}

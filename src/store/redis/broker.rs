@@ -58,6 +58,24 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
+    /// This node's field of a short-lived hash every node writes into
+    /// (reports, answers). One key: the pipeline goes to one shard.
+    async fn set_ours(&self, key: String, value: String) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg(&self.redis.node_id)
+            .arg(value)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(OUTCOME_TTL_MS)
+            .ignore();
+        pipe.query_async::<()>(&mut self.redis.conn())
+            .await
+            .map_err(super::failed)
+    }
+
     pub fn new(redis: Arc<Redis>) -> RedisBroker {
         RedisBroker {
             redis,
@@ -365,42 +383,11 @@ impl Broker for RedisBroker {
         matched: usize,
         delivered: usize,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let key = outcome_key(event_id);
-            let mut pipe = redis::pipe();
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg(&self.redis.node_id)
-                .arg(format!("{matched},{delivered}"))
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(OUTCOME_TTL_MS)
-                .ignore();
-            // One key: the pipeline goes to one shard.
-            pipe.query_async::<()>(&mut self.redis.conn())
-                .await
-                .map_err(super::failed)
-        })
+        Box::pin(self.set_ours(outcome_key(event_id), format!("{matched},{delivered}")))
     }
 
     fn answer<'a>(&'a self, query: &'a str, json: String) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let key = answers_key(query);
-            let mut pipe = redis::pipe();
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg(&self.redis.node_id)
-                .arg(json)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(OUTCOME_TTL_MS)
-                .ignore();
-            pipe.query_async::<()>(&mut self.redis.conn())
-                .await
-                .map_err(super::failed)
-        })
+        Box::pin(self.set_ours(answers_key(query), json))
     }
 
     fn answers<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
